@@ -1,0 +1,1 @@
+"""Thin command-line entry points over the library packages (the `dpr` console script)."""

