@@ -226,3 +226,25 @@ class DualEncoder(nn.Module):
 def _chunks(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(order), size):
         yield order[start:start + size]
+
+
+def load_encoder(name_or_dir: str | Path, **config_overrides: Any) -> DualEncoder:
+    """A saved dual-encoder directory, or a fresh one from a base checkpoint (e.g. ``minilm``).
+
+    The same reference string works for training, indexing, serving and eval, so an index manifest
+    can record it and the server can load exactly the model the index was built with.
+    """
+    path = Path(name_or_dir)
+    if (path / CONFIG_FILE).exists():
+        if config_overrides:
+            raise ValueError(f"{path}: a saved model keeps its own config; cannot override {sorted(config_overrides)}")
+        return DualEncoder.load(path)
+    if path.exists() and not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: neither a saved dual encoder ({CONFIG_FILE}) nor a transformers checkpoint")
+    return DualEncoder.from_base(EncoderConfig(base_model=str(name_or_dir), **config_overrides))
+
+
+def model_ref(name_or_dir: str | Path) -> str:
+    """How an artifact records the model it came from: an absolute path for directories, else the name."""
+    path = Path(name_or_dir)
+    return str(path.resolve()) if path.exists() else str(name_or_dir)
