@@ -13,6 +13,7 @@ COMMANDS = {
     "mine": ("driver.mine", "mine hard negatives for a training file"),
     "index": ("driver.index", "embed a knowledge base into a FAISS index with a passage store"),
     "serve": ("driver.serve", "serve an index over HTTP (FastAPI + uvicorn)"),
+    "eval": ("driver.evaluate", "evaluate a model, an index or a running server (Recall@k, MRR, nDCG)"),
 }
 
 

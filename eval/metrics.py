@@ -72,7 +72,9 @@ def ndcg_per_query(qrels: Qrels, run: Run, k: int) -> dict[str, float]:
     out = {}
     for qid, rel in _per_query(qrels).items():
         ranked = run.get(qid, [])[:k]
-        dcg = sum(rel.get(pid, 0) / math.log2(rank + 1) for rank, pid in enumerate(ranked, start=1))
+        # A passage listed twice earns its gain once (as in trec_eval); otherwise nDCG could pass 1.
+        firsts = {pid: rank for rank, pid in reversed(list(enumerate(ranked, start=1)))}
+        dcg = sum(rel.get(pid, 0) / math.log2(rank + 1) for pid, rank in firsts.items())
         ideal = sorted(rel.values(), reverse=True)[:k]
         idcg = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
         out[qid] = dcg / idcg

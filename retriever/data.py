@@ -252,6 +252,11 @@ def read_beir(folder: str | Path, split: str) -> tuple[list[Example], dict[str, 
 # ----------------------------------------------------------------------------- public readers
 
 
+def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Raw records of a JSON array or JSON-lines file as ``(where, record)``; ``where`` names file and record."""
+    return _read_records(Path(path))
+
+
 def load_examples(path: str | Path, split: str = "train") -> list[Example]:
     """Questions with their gold passages, from any supported layout (``split`` is for BEIR)."""
     path = Path(path)

@@ -1,0 +1,70 @@
+"""How an index is built and searched: a frozen dataclass saved as ``index_config.json``."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """FAISS index type and its parameters.
+
+    ``ivf_nlist=None`` means about ``4 * sqrt(n)`` lists. ``pq_m`` must divide the embedding dim;
+    :meth:`resolve` lowers it to the nearest divisor. ``hnsw_ef_search`` and ``nprobe`` are search-time
+    settings, restored whenever the index is opened.
+    """
+
+    index_type: str = "flat"
+    batch_size: int = 64
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    ivf_nlist: int | None = None
+    pq_m: int = 48
+    pq_nbits: int = 8
+    nprobe: int = 16
+
+    def __post_init__(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
+        for name in ("batch_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "pq_m", "nprobe"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.ivf_nlist is not None and (not isinstance(self.ivf_nlist, int) or self.ivf_nlist < 1):
+            raise ValueError(f"ivf_nlist must be a positive integer or None, got {self.ivf_nlist!r}")
+        if not isinstance(self.pq_nbits, int) or not 1 <= self.pq_nbits <= 16:
+            raise ValueError(f"pq_nbits must be an integer in 1..16, got {self.pq_nbits!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"index config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown index config keys: {unknown}")
+        return cls(**data)
+
+    def resolve(self, n: int, dim: int) -> IndexConfig:
+        """The concrete parameters for ``n`` vectors of size ``dim`` (auto nlist, a pq_m that divides dim)."""
+        if self.index_type != "ivfpq":
+            return self
+        nlist = self.ivf_nlist or max(1, int(round(4 * math.sqrt(n))))
+        pq_m = self.pq_m
+        if dim % pq_m:
+            # A PQ sub-quantizer needs an equal slice of the vector; take the closest divisor below.
+            fixed = max(d for d in range(1, min(pq_m, dim) + 1) if dim % d == 0)
+            logger.warning("pq_m=%d does not divide dim %d; using pq_m=%d", pq_m, dim, fixed)
+            pq_m = fixed
+        return dataclasses.replace(self, ivf_nlist=nlist, pq_m=pq_m)

@@ -1,0 +1,81 @@
+"""The FastAPI application factory. Nothing heavy happens at import: settings are read when
+:func:`create_app` runs, and the encoder and index load in the app's lifespan."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from server import admin, routes
+from server.engine import EngineHolder, load_engine
+from server.errors import install_error_handlers
+from server.limits import BodyLimitMiddleware
+from server.metrics import Metrics, MetricsMiddleware
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PAGE = Path(__file__).parent / "static" / "index.html"
+
+
+def configure_torch(threads: int) -> None:
+    """Intra-op threads for encoding; one inter-op thread, as a BERT forward has no parallel branches."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already fixed by earlier torch work in this process (tests); harmless
+    logger.info("torch: %d intra-op thread(s)", threads)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    app.state.startup_error = None
+    try:
+        if settings.index_dir is None:
+            raise ValueError("no index to serve: pass --index DIR or set DPR_INDEX_DIR")
+        configure_torch(settings.torch_threads)
+        engine = await anyio.to_thread.run_sync(
+            lambda: load_engine(settings.index_dir, settings.model_dir, cache_size=settings.encode_cache_size))
+    except Exception as e:
+        # Kept for `dpr serve`, which turns it into one clear line and a non-zero exit.
+        app.state.startup_error = e
+        logger.error("start-up failed: %s", e)
+        raise
+    app.state.holder.swap(engine)
+    app.state.metrics.index_size.set(len(engine))
+    try:
+        yield
+    finally:
+        app.state.holder.swap(None)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app with its own settings, engine holder and metrics registry."""
+    settings = settings if settings is not None else Settings()
+    app = FastAPI(title="dpr search", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.holder = EngineHolder()
+    app.state.metrics = Metrics()
+    app.state.page_html = PAGE.read_text(encoding="utf-8")
+    app.state.search_limiter = anyio.CapacityLimiter(settings.resolved_search_workers())
+    app.state.startup_error = None
+    install_error_handlers(app)
+    app.include_router(routes.router)
+    app.include_router(admin.router)
+    # add_middleware wraps what is already there: the last added runs first. Metrics outermost so
+    # it counts requests the body limit rejects.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type"])
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,205 @@
+"""The serving engine: one loaded (encoder, index) pair, and the holder that hot-swaps it.
+
+A request takes the engine it will use from :class:`EngineHolder` once, at its start, and gives it
+back at its end; a reload swaps the holder's reference under a lock. The engine a reload replaced
+is closed only when its last in-flight request is done, so no request ever sees a closed index.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from indexer import ManifestMismatch, SearchIndex, check_encoder
+from retriever.data import Passage
+from retriever.encoder import DualEncoder, load_encoder, model_ref
+
+logger = logging.getLogger(__name__)
+
+
+class EngineLoadError(RuntimeError):
+    """The model an index names cannot be loaded; the message names the index and the model."""
+
+
+class NotReady(RuntimeError):
+    """No engine is loaded (start-up has not finished or failed)."""
+
+
+class QueryCache:
+    """A thread-safe LRU of query embeddings; ``size=0`` stores nothing."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if self.size == 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Engine:
+    """Encodes queries with ``encoder`` and searches ``index``; safe to call from many threads."""
+
+    def __init__(self, index: SearchIndex, encoder: DualEncoder, *, model_dir: str, cache_size: int = 1024) -> None:
+        self.index = index
+        self.encoder = encoder
+        self.model_dir = model_dir
+        self.index_dir = Path(index.index_dir)
+        self.loaded_at = time.time()
+        self.cache = QueryCache(cache_size)
+        # A fast tokenizer mutates its truncation/padding state on call; concurrent calls can hit
+        # "Already borrowed". Tokenising one query takes microseconds, so a lock costs nothing.
+        self._tokenizer_lock = threading.Lock()
+        self._active = 0
+        self._retired = False
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def encode(self, queries: Sequence[str]) -> np.ndarray:
+        """Query embeddings float32 [n, d]; uncached queries are encoded together in one batch."""
+        out = np.empty((len(queries), self.index.dim), dtype=np.float32)
+        todo: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            hit = self.cache.get(q)
+            if hit is None:
+                todo.setdefault(q, []).append(i)
+            else:
+                out[i] = hit
+        if todo:
+            texts = list(todo)
+            with self._tokenizer_lock:
+                inputs = self.encoder.tokenize_queries(texts)
+            with torch.inference_mode():
+                emb = self.encoder.embed_queries(inputs).float().numpy()    # [u, d]
+            for text, vec in zip(texts, emb, strict=True):
+                vec = np.array(vec, dtype=np.float32)                     # own copy, not a view of the batch
+                self.cache.put(text, vec)
+                out[todo[text]] = vec
+        return out
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
+        """For each query, up to ``k`` hits ``{id, title, text, score, rank}``, best first."""
+        scores, rows = self.index.search(self.encode(queries), k)          # [n, k'], [n, k']
+        results = []
+        for q_scores, q_rows in zip(scores, rows, strict=True):
+            keep = q_rows >= 0                                             # FAISS pads short lists with -1
+            passages = self.index.passages([int(r) for r in q_rows[keep]])
+            results.append([
+                {"id": p.pid, "title": p.title, "text": p.text, "score": float(s), "rank": rank}
+                for rank, (p, s) in enumerate(zip(passages, q_scores[keep].tolist(), strict=True), start=1)
+            ])
+        return results
+
+    def passage(self, pid: str) -> Passage | None:
+        return self.index.passage(pid)
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.index.summary(), "index_dir": str(self.index_dir), "model_dir": self.model_dir,
+                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.index.close()
+            logger.info("closed index %s", self.index_dir)
+
+
+class EngineHolder:
+    """The current engine, swapped atomically; retired engines close after their last request."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self._current = engine
+        self._lock = threading.Lock()
+        # One reload at a time: two concurrent loads would double the memory for nothing.
+        self.reload_lock = threading.Lock()
+
+    @property
+    def current(self) -> Engine | None:
+        return self._current
+
+    def acquire(self) -> Engine:
+        with self._lock:
+            engine = self._current
+            if engine is None:
+                raise NotReady("no index is loaded")
+            engine._active += 1
+            return engine
+
+    def release(self, engine: Engine) -> None:
+        with self._lock:
+            engine._active -= 1
+            close = engine._retired and engine._active == 0
+        if close:
+            engine.close()
+
+    def swap(self, engine: Engine | None) -> Engine | None:
+        """Make ``engine`` current; the previous one closes as soon as nobody uses it."""
+        with self._lock:
+            old, self._current = self._current, engine
+            close = False
+            if old is not None and old is not engine:
+                old._retired = True
+                close = old._active == 0
+        if close:
+            old.close()
+        return old
+
+
+def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: Engine | None = None,
+                cache_size: int = 1024) -> Engine:
+    """Open ``index_dir`` and the model it was built with (or ``model_dir``), refusing a mismatch.
+
+    ``reuse``: an engine whose encoder is kept when it is the model asked for (a reload of a newer
+    build from the same model does not load the weights again).
+    """
+    index = SearchIndex.open(index_dir)
+    try:
+        ref = model_ref(model_dir) if model_dir else index.model_dir
+        if not ref:
+            raise EngineLoadError(f"{Path(index_dir) / 'manifest.json'}: records no model_dir; pass --model")
+        if reuse is not None and reuse.model_dir == ref:
+            encoder = reuse.encoder
+        else:
+            logger.info("loading model %s", ref)
+            try:
+                encoder = load_encoder(ref)
+            except (OSError, ValueError) as e:
+                raise EngineLoadError(f"cannot load model {ref!r} for index {index_dir}: {e}") from e
+        try:
+            check_encoder(index.manifest, encoder)
+        except ManifestMismatch as e:
+            raise ManifestMismatch(f"{index_dir} with model {ref}: {e}", getattr(e, "differences", None)) from None
+    except BaseException:
+        index.close()
+        raise
+    logger.info("serving %s (%d passages, dim %d) with model %s", index_dir, len(index), index.dim, ref)
+    return Engine(index, encoder, model_dir=ref, cache_size=cache_size)

@@ -1,0 +1,99 @@
+"""Public routes: search, batch search, passage lookup, health, readiness, metrics and the page."""
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from starlette.responses import Response
+
+from server.deps import EngineDep, HolderDep, MetricsDep, SettingsDep, json_response
+from server.engine import Engine
+from server.errors import APIError
+from server.schemas import (
+    BatchSearchRequest,
+    ErrorResponse,
+    SearchRequest,
+    SearchResponse,
+    check_batch,
+    check_k,
+    check_query,
+    read_json,
+)
+
+router = APIRouter()
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 422, 503)}
+
+
+def _body_doc(model: type) -> dict:
+    # The body is parsed by read_json, not by FastAPI, so the schema is declared for the docs by hand.
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _search(request: Request, engine: Engine, queries: list[str], k: int) -> list[list[dict]]:
+    # A capacity limiter, not the 40-thread default pool: more concurrent encodes than cores only
+    # thrash torch's thread pools and make every request slower.
+    return await anyio.to_thread.run_sync(partial(engine.search, queries, k), limiter=request.app.state.search_limiter)
+
+
+@router.post("/search", responses={200: {"model": SearchResponse}, **_ERRORS}, openapi_extra=_body_doc(SearchRequest))
+async def search(request: Request, engine: EngineDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
+    start = time.perf_counter()
+    body = await read_json(request, SearchRequest)
+    check_k(body.k, settings)
+    query = check_query(body.query, settings)
+    (hits,) = await _search(request, engine, [query], body.k)
+    metrics.queries.inc()
+    took_ms = round((time.perf_counter() - start) * 1000, 3)
+    return json_response({"query": body.query, "k": body.k, "results": hits, "took_ms": took_ms})
+
+
+@router.post("/search/batch", responses={200: {"model": list[SearchResponse]}, **_ERRORS},
+             openapi_extra=_body_doc(BatchSearchRequest))
+async def search_batch(request: Request, engine: EngineDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
+    """All queries are encoded in one batch; ``took_ms`` is the time for the whole batch."""
+    start = time.perf_counter()
+    body = await read_json(request, BatchSearchRequest)
+    check_k(body.k, settings)
+    queries = check_batch(body.queries, settings)
+    results = await _search(request, engine, queries, body.k)
+    metrics.queries.inc(len(queries))
+    took_ms = round((time.perf_counter() - start) * 1000, 3)
+    return json_response([{"query": q, "k": body.k, "results": hits, "took_ms": took_ms}
+                          for q, hits in zip(body.queries, results, strict=True)])
+
+
+@router.get("/passages/{pid:path}", responses={404: {"model": ErrorResponse}})
+def get_passage(pid: str, engine: EngineDep) -> Response:
+    passage = engine.passage(pid)
+    if passage is None:
+        raise APIError(404, "passage not found", {"id": pid})
+    return json_response({"id": passage.pid, "title": passage.title, "text": passage.text})
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+async def readyz(holder: HolderDep) -> Response:
+    engine = holder.current
+    if engine is None:
+        raise APIError(503, "not ready: no index is loaded")
+    return json_response({"status": "ready", "index": engine.summary()})
+
+
+@router.get("/metrics")
+async def metrics_route(holder: HolderDep, metrics: MetricsDep) -> Response:
+    engine = holder.current
+    metrics.index_size.set(len(engine) if engine is not None else 0)
+    return Response(metrics.render(), media_type=metrics.content_type)
+
+
+@router.get("/", include_in_schema=False)
+async def page(request: Request) -> HTMLResponse:
+    return HTMLResponse(request.app.state.page_html)

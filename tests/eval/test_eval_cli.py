@@ -1,0 +1,265 @@
+"""`dpr eval` end to end: a saved tiny model, a built index, a fake server, BEIR folders, bad input."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from driver import evaluate
+from eval.client import retrieve_with_server
+from eval.evalset import load_eval_set
+from eval.runner import EvalOptions
+
+BASE_METRICS = {"recall@1", "recall@5", "recall@10", "recall@20", "recall@100", "mrr@10", "ndcg@10",
+                "full_recall@100"}
+ANSWER_METRICS = {f"answer_recall@{k}" for k in (1, 5, 10, 20, 100)}
+
+
+def dpr_eval(*argv: object) -> int:
+    parser = argparse.ArgumentParser(prog="dpr eval")
+    evaluate.add_arguments(parser)
+    return evaluate.run(parser.parse_args([str(a) for a in argv]))
+
+
+def _check_metrics(system: dict, expected: set[str]) -> dict:
+    metrics = system["metrics"]
+    assert set(metrics) == expected
+    for m in metrics.values():
+        assert 0.0 <= m["ci_low"] <= m["value"] <= m["ci_high"] <= 1.0
+    recalls = [metrics[f"recall@{k}"]["value"] for k in (1, 5, 10, 20, 100)]
+    assert recalls == sorted(recalls)                                  # Recall@k never falls as k grows
+    return metrics
+
+
+def test_model_bm25_and_hybrid_on_nq_sample(small_nq: tuple[Path, Path], saved_model: Path, tiny_encoder,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, val = small_nq
+    out = tmp_path / "reports" / "eval.json"
+    assert dpr_eval("--data", val, "--model", saved_model, "--bm25", "--hybrid", "interp", "--out", out,
+                    "--resamples", 100, "--seed", 5, "--no-progress") == 0
+    printed = capsys.readouterr().out
+    assert "| metric | dense (n=16) | bm25 (n=16) | hybrid-interp (n=16) |" in printed
+    assert "the gold passages of" in printed                          # the default KB is announced
+    report = json.loads(out.read_text())
+    assert {"command", "data", "knowledge_base", "systems", "environment", "seed", "wall_seconds", "table"} \
+        <= set(report)
+    assert report["seed"] == 5 and report["n_resamples"] == 100
+    assert report["data"]["sha256"] == {str(val): hashlib.sha256(val.read_bytes()).hexdigest()}
+    assert report["knowledge_base"]["count"] == 16 and report["knowledge_base"]["gold_in_kb"] == 1.0
+    assert {"torch", "transformers", "numpy", "faiss-cpu"} <= set(report["environment"])
+    assert [s["name"] for s in report["systems"]] == ["dense", "bm25", "hybrid-interp"]
+    dense = report["systems"][0]
+    assert dense["model"]["weights_sha256"] == tiny_encoder.fingerprint()
+    assert dense["model_ref"] == str(saved_model.resolve())
+    metrics = _check_metrics(dense, BASE_METRICS | ANSWER_METRICS)
+    # The KB is the 16 gold passages, so the top 100 holds every one of them.
+    assert metrics["recall@100"]["value"] == 1.0 and metrics["answer_recall@100"]["value"] == 1.0
+    for system in report["systems"][1:]:
+        _check_metrics(system, BASE_METRICS | ANSWER_METRICS)
+
+
+def test_beir_folder_with_graded_qrels(beir_folder: Path, saved_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "beir.json"
+    assert dpr_eval("--data", beir_folder, "--split", "test", "--model", saved_model, "--bm25", "--k", "1,2",
+                    "--out", out, "--resamples", 50, "--no-progress") == 0
+    report = json.loads(out.read_text())
+    assert report["data"]["layout"] == "beir" and report["data"]["n_queries"] == 2
+    assert set(report["data"]["sha256"]) == {str(beir_folder / f) for f in
+                                             ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")}
+    assert report["knowledge_base"]["count"] == 4
+    bm25 = report["systems"][1]["metrics"]
+    assert set(bm25) == {"recall@1", "recall@2", "mrr@10", "ndcg@10", "full_recall@2"}
+    # BM25 ranks d1 first for q1 (apple, harvest) and d2 for q2 (river); d4 shares no word with q1.
+    assert bm25["recall@1"]["value"] == 1.0
+    # nDCG@10: q1 DCG 2/1 (d1, grade 2), IDCG 2/1 + 1/log2(3) -> 0.6131; q2 1 -> mean 0.8066
+    assert bm25["ndcg@10"]["value"] == pytest.approx((2 / (2 + 1 / 1.5849625) + 1) / 2, abs=1e-6)
+    assert "all-relevant Recall@2" in report["table"]                 # q1 has two relevant passages
+
+
+def test_index_directory(small_nq: tuple[Path, Path], saved_model: Path, tiny_base: Path, tmp_path: Path) -> None:
+    from indexer import ManifestMismatch, build_index
+    from retriever.encoder import DualEncoder, model_ref
+
+    _, val = small_nq
+    index_dir = build_index(DualEncoder.load(saved_model), [val], tmp_path / "index",
+                            model_dir=model_ref(saved_model), progress=False)
+    out = tmp_path / "index.json"
+    assert dpr_eval("--data", val, "--index", index_dir, "--out", out, "--resamples", 50, "--no-progress") == 0
+    system = json.loads(out.read_text())["systems"][0]
+    assert system["source"] == "index" and system["model_ref"] == str(saved_model.resolve())
+    assert system["index"]["count"] == 16 and system["gold_in_kb"] == 1.0
+    assert "model" in system["manifest"]
+    assert _check_metrics(system, BASE_METRICS | ANSWER_METRICS)["recall@100"]["value"] == 1.0
+    # A different model (the bare base checkpoint, other max lengths) is refused, not silently used.
+    with pytest.raises(ManifestMismatch, match="does not match"):
+        dpr_eval("--data", val, "--index", index_dir, "--model", tiny_base, "--no-progress")
+
+    # The same index behind the real server, evaluated over HTTP.
+    with running_server(index_dir) as url:
+        out = tmp_path / "server.json"
+        assert dpr_eval("--data", val, "--url", url, "--out", out, "--resamples", 50, "--no-progress") == 0
+    report = json.loads(out.read_text())
+    system = report["systems"][0]
+    assert system["source"] == "server" and system["server"]["index"]["count"] == 16
+    assert _check_metrics(system, BASE_METRICS | ANSWER_METRICS)["recall@100"]["value"] == 1.0
+
+
+@contextlib.contextmanager
+def running_server(index_dir: Path) -> Iterator[str]:
+    """``server.create_app`` under uvicorn on a free port, in a thread."""
+    import uvicorn
+
+    from server import Settings, create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(index_dir=index_dir)), host="127.0.0.1", port=0,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+# ----------------------------------------------------------------------------- a fake search server
+
+
+class FakeServer(BaseHTTPRequestHandler):
+    """POST /search/batch: the gold passage first for questions in ``first``, second otherwise."""
+
+    gold: dict[str, str] = {}
+    first: set[str] = set()
+    batches: list[int] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != "/search/batch":
+            return self._send(404, {"error": "not found"})
+        if body["k"] > 100:
+            return self._send(422, {"error": "k must be between 1 and 100", "detail": {"loc": "k"}})
+        type(self).batches.append(len(body["queries"]))
+        answers = []
+        for q in body["queries"]:
+            hits = [{"id": "decoy", "text": "nothing useful", "score": 0.5}]
+            if q in self.gold:
+                gold = {"id": self.gold[q], "text": "gold text", "score": 0.9}
+                hits = [gold, *hits] if q in self.first else [*hits, gold]
+            answers.append({"query": q, "results": hits})
+        self._send(200, answers)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send(200, {"status": "ready", "index": {"count": 2, "model": "fake"}})
+
+    def _send(self, code: int, payload: object) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def fake_server() -> Iterator[str]:
+    FakeServer.gold, FakeServer.first, FakeServer.batches = {}, set(), []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_server_url(small_nq: tuple[Path, Path], fake_server: str, tmp_path: Path) -> None:
+    _, val = small_nq
+    evalset = load_eval_set(val)
+    questions = list(evalset.queries.items())
+    FakeServer.gold = {q: next(iter(evalset.qrels[qid])) for qid, q in questions}
+    FakeServer.first = {q for _, q in questions[::2]}                  # 8 of 16 at rank 1, the rest at rank 2
+    out = tmp_path / "server.json"
+    assert dpr_eval("--data", val, "--url", fake_server + "/", "--out", out, "--resamples", 50,
+                    "--no-progress") == 0
+    report = json.loads(out.read_text())
+    system = report["systems"][0]
+    assert system["server"]["index"]["model"] == "fake"               # GET /readyz is recorded
+    metrics = system["metrics"]
+    assert metrics["recall@1"]["value"] == pytest.approx(8 / 16)
+    assert metrics["recall@5"]["value"] == pytest.approx(1.0)
+    assert metrics["mrr@10"]["value"] == pytest.approx((8 * 1 + 8 * 0.5) / 16)
+    # The fake texts hold no answers, so answer match is 0 everywhere.
+    assert metrics["answer_recall@100"]["value"] == 0.0
+    assert "knowledge_base" not in report
+
+
+def test_server_batches_and_errors(fake_server: str) -> None:
+    queries = {f"q{i}": f"question {i}" for i in range(130)}
+    retrieval = retrieve_with_server(fake_server, queries, k=10, progress=False)
+    assert FakeServer.batches == [64, 64, 2]
+    assert retrieval.run["q129"] == ["decoy"]
+    with pytest.raises(RuntimeError, match="HTTP 422: k must be between 1 and 100"):
+        retrieve_with_server(fake_server, queries, k=101, progress=False)
+
+
+def test_unreachable_url(small_nq: tuple[Path, Path]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]                                      # closed once the block ends
+    _, val = small_nq
+    with pytest.raises(RuntimeError, match=f"127.0.0.1:{port}/search/batch: cannot reach the search server"):
+        dpr_eval("--data", val, "--url", f"http://127.0.0.1:{port}", "--no-progress")
+    with pytest.raises(ValueError, match="--url must look like"):
+        dpr_eval("--data", val, "--url", "localhost:8000", "--no-progress")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_qrels_split(beir_folder: Path) -> None:
+    with pytest.raises(ValueError, match=r"qrels/val\.tsv: no such qrels file \(splits available: \['test'\]\)"):
+        dpr_eval("--data", beir_folder, "--split", "val", "--bm25", "--no-progress")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({}, "nothing to evaluate"),
+    ({"url": "http://x", "model": "m"}, "cannot be combined"),
+    ({"index": Path("i"), "kb": (Path("kb.jsonl"),)}, "--kb is not used with --index"),
+    ({"model": "m", "hybrid": "rrf"}, "give --bm25"),
+    ({"model": "m", "bm25": True, "hybrid": "max"}, "--hybrid must be one of"),
+    ({"bm25": True, "ks": (0, 5)}, "positive cut-offs"),
+])
+def test_option_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EvalOptions(data=Path("d.json"), **kwargs)
+
+
+def test_unknown_model_name(small_nq: tuple[Path, Path], tmp_path: Path) -> None:
+    _, val = small_nq
+    with pytest.raises(FileNotFoundError, match="--model"):
+        dpr_eval("--data", val, "--model", tmp_path / "no-such-model", "--no-progress")
+
+
+def test_registered_as_dpr_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from driver.main import main
+
+    assert main(["eval", "--data", str(tmp_path / "missing.json"), "--bm25", "--no-progress"]) == 2
+    assert "dpr eval: error: " in (err := capsys.readouterr().err)
+    assert "missing.json: no such evaluation data file" in err

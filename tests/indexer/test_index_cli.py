@@ -1,0 +1,45 @@
+"""`dpr index` through the real front door."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from driver.main import main
+from indexer import SearchIndex
+from retriever.encoder import load_encoder
+
+
+def test_dpr_index_builds_a_servable_index(tiny_base: Path, kb80: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "idx"
+    rc = main(["index", "--model", str(tiny_base), "--kb", str(kb80), "--out", str(out),
+               "--index-type", "hnsw", "--hnsw-m", "8", "--batch-size", "16", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "indexed 80 passages" in printed and "80 embedded, 0 reused" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_dir"] == str(tiny_base.resolve())
+    assert manifest["index_params"]["hnsw_m"] == 8 and manifest["index_params"]["batch_size"] == 16
+    # What the server does: load the recorded model, which must fit the index.
+    with SearchIndex.open(out) as plain:
+        encoder = load_encoder(plain.model_dir)
+    with SearchIndex.open(out, encoder) as index:
+        _, rows = index.search(encoder.encode_queries(["who won"]), 3)
+        assert rows.shape == (1, 3)
+
+    assert main(["index", "--model", str(tiny_base), "--kb", str(kb80), "--out", str(out), "--index-type",
+                 "hnsw", "--hnsw-m", "8", "--no-progress"]) == 0
+    assert "0 embedded, 80 reused" in capsys.readouterr().out
+
+
+def test_dpr_index_reports_bad_kb_and_exits_2(tiny_base: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "a", "title": "t", "text": "fine"}\n{"_id": "b", "title": "t", "text": 5}\n')
+    out = tmp_path / "idx"
+    assert main(["index", "--model", str(tiny_base), "--kb", str(bad), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2: 'text' must be a string" in err
+    assert not out.exists()

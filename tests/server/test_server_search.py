@@ -1,0 +1,115 @@
+"""Search, batch, passage lookup, health, readiness, metrics and the page, on a tiny real index."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEMO_DATA = Path(__file__).resolve().parents[2] / "data" / "nq_oracle"
+
+
+def _questions(n: int) -> list[str]:
+    return [r["question"] for r in json.loads((DEMO_DATA / "nq-oracle-train.json").read_text())[:n]]
+
+
+def test_search_returns_ranked_results_that_resolve(client) -> None:
+    query = _questions(1)[0]
+    r = client.post("/search", json={"query": query, "k": 5})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["query"] == query and body["k"] == 5 and body["took_ms"] > 0
+    hits = body["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert len({h["id"] for h in hits}) == 5
+    for h in hits:
+        p = client.get(f"/passages/{h['id']}")
+        assert p.status_code == 200
+        assert p.json() == {"id": h["id"], "title": h["title"], "text": h["text"]}
+
+
+def test_default_k_and_k_capped_by_index_size(client) -> None:
+    assert len(client.post("/search", json={"query": "who wrote it"}).json()["results"]) == 10
+    n = client.get("/readyz").json()["index"]["count"]
+    hits = client.post("/search", json={"query": "who wrote it", "k": 50}).json()["results"]
+    assert len(hits) == min(50, n)
+
+
+def test_search_finds_exact_passage_text(client) -> None:
+    # Even a random model maps identical text to the identical vector: the passage is its own top hit.
+    record = json.loads((DEMO_DATA / "nq-oracle-train.json").read_text())[3]
+    gold = record["gold_context"]
+    top = client.post("/search", json={"query": gold["text"][:150], "k": 3}).json()["results"]
+    assert gold["text"] in [h["text"] for h in top]
+
+
+def test_batch_matches_single_searches(client) -> None:
+    queries = _questions(3)
+    r = client.post("/search/batch", json={"queries": queries, "k": 4})
+    assert r.status_code == 200
+    batch = r.json()
+    assert [b["query"] for b in batch] == queries
+    for q, b in zip(queries, batch, strict=True):
+        single = client.post("/search", json={"query": q, "k": 4}).json()
+        assert [h["id"] for h in b["results"]] == [h["id"] for h in single["results"]]
+        assert [h["rank"] for h in b["results"]] == [1, 2, 3, 4]
+
+
+def test_unknown_passage_is_404_json(client) -> None:
+    r = client.get("/passages/no-such-id")
+    assert r.status_code == 404
+    assert r.json() == {"error": "passage not found", "detail": {"id": "no-such-id"}}
+
+
+def test_health_and_readiness(client, index_a: Path, tiny_model_dir: Path, kb_files) -> None:
+    from retriever.data import load_corpus
+
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    index = r.json()["index"]
+    assert index["count"] == len(load_corpus(kb_files["a"])) and index["index_dir"] == str(index_a)
+    assert index["model_dir"] == str(tiny_model_dir.resolve())
+    assert len(index["weights_sha256"]) == 12
+
+
+def test_readyz_is_503_without_engine(index_a: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    app = create_app(Settings(index_dir=index_a))
+    client = TestClient(app)            # no `with`: the lifespan never runs, nothing is loaded
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "not ready" in r.json()["error"]
+    r = client.post("/search", json={"query": "x"})
+    assert r.status_code == 503 and r.json()["error"].startswith("not ready")
+
+
+def test_metrics_counts_requests_by_route_and_status(client, kb_files) -> None:
+    from retriever.data import load_corpus
+
+    client.post("/search", json={"query": "metrics probe", "k": 2})
+    client.get("/passages/definitely-missing")
+    text = client.get("/metrics").text
+    assert 'dpr_http_requests_total{method="POST",route="/search",status="200"}' in text
+    assert 'dpr_http_requests_total{method="GET",route="/passages/{pid:path}",status="404"}' in text
+    assert 'dpr_http_request_duration_seconds_bucket{le="0.01",route="/search"}' in text
+    assert f"dpr_index_passages {float(len(load_corpus(kb_files['a'])))}" in text
+    assert "dpr_queries_total" in text
+
+
+def test_page_is_served(client) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    for needle in ('id="q"', 'id="k"', 'fetch("search"', "textContent", 'id="error"'):
+        assert needle in html
+
+
+def test_openapi_documents_the_bodies(client) -> None:
+    spec = client.get("/openapi.json").json()
+    schema = spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"query", "k"}
