@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 # Train briefly on the bundled demo data (kept only if it beats the pretrained encoder on
 # validation Recall@5), index the bundled knowledge base, then serve it.
 run: venv
-	test -f $(RUN_DIR)/model/config.json || $(DPR) train --train $(DATA)/nq-oracle-train.json \
+	test -f $(RUN_DIR)/model/encoder_config.json || $(DPR) train --train $(DATA)/nq-oracle-train.json \
 		--val $(DATA)/nq-oracle-val.json --out $(RUN_DIR)/model --epochs $(EPOCHS) --hard-negatives model
 	test -f $(RUN_DIR)/index/manifest.json || $(DPR) index --model $(RUN_DIR)/model \
 		--kb $(DATA)/nq-oracle-train.json --kb $(DATA)/nq-oracle-val.json --out $(RUN_DIR)/index

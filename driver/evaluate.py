@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "(with --index: use it instead of the model the index records)")
     what.add_argument("--index", type=Path, help="a built index directory (dpr index)")
     what.add_argument("--url", help="a running search server, e.g. http://127.0.0.1:8000")
+    what.add_argument("--server-mode", choices=("dense", "bm25", "hybrid"), default="dense",
+                      help="with --url: the search mode to ask the server for (default dense)")
     what.add_argument("--bm25", action="store_true", help="BM25 over the knowledge base")
     what.add_argument("--hybrid", choices=("rrf", "interp"),
                       help="also fuse the dense run with BM25: reciprocal rank fusion or score interpolation")
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from eval.runner import EvalOptions, run_evaluation
 
     options = EvalOptions(
-        data=args.data, split=args.split, model=args.model, index=args.index, url=args.url, bm25=args.bm25,
+        data=args.data, split=args.split, model=args.model, index=args.index, url=args.url,
+        server_mode=args.server_mode, bm25=args.bm25,
         kb=tuple(args.kb), hybrid=args.hybrid, alpha=args.alpha, ks=tuple(args.ks), batch_size=args.batch_size,
         n_resamples=args.resamples, seed=args.seed, progress=not args.no_progress,
     )

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ivf.add_argument("--nprobe", type=int, default=_DEFAULTS.nprobe)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for encoding (default: torch's choice; 1 can win on a busy CPU)")
+    parser.add_argument("--no-bm25", action="store_true",
+                        help="do not build the BM25 index beside the dense one (bm25/hybrid search then unavailable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -48,10 +50,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     encoder = load_encoder(args.model)
     out = build_index(encoder, args.kb, args.out, config, model_dir=model_ref(args.model),
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, bm25=not args.no_bm25)
     with SearchIndex.open(out, verify=False) as index:
         build = index.manifest["build"]
         rate = f", {build['passages_per_s']} passages/s" if build.get("passages_per_s") else ""
+        bm25 = index.manifest.get("bm25")
+        sparse = "no BM25 index" if bm25 is None else f"BM25 index {'reused' if bm25.get('reused') else 'built'}"
         print(f"indexed {len(index)} passages into {out} ({index.config.index_type}, dim {index.dim}): "
-              f"{build['embedded']} embedded, {build['reused']} reused{rate}, {build['seconds']}s")
+              f"{build['embedded']} embedded, {build['reused']} reused{rate}, {build['seconds']}s; {sparse}")
     return 0

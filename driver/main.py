@@ -14,6 +14,7 @@ COMMANDS = {
     "index": ("driver.index", "embed a knowledge base into a FAISS index with a passage store"),
     "serve": ("driver.serve", "serve an index over HTTP (FastAPI + uvicorn)"),
     "eval": ("driver.evaluate", "evaluate a model, an index or a running server (Recall@k, MRR, nDCG)"),
+    "bench": ("driver.bench", "benchmarks: `dpr bench recall` reproduces the recall table"),
 }
 
 

@@ -13,6 +13,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port (default 8000, or $DPR_PORT)")
     parser.add_argument("--torch-threads", type=int,
                         help="intra-op torch threads per request (default 1, or $DPR_TORCH_THREADS)")
+    parser.add_argument("--default-mode", choices=("dense", "bm25", "hybrid"),
+                        help="search mode of requests that name none (default hybrid, or $DPR_DEFAULT_MODE)")
+    parser.add_argument("--hybrid-alpha", type=float,
+                        help="dense weight of hybrid score interpolation (or $DPR_HYBRID_ALPHA)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each request")
 
 
@@ -30,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from server.settings import Settings
 
     flags = {"index_dir": args.index, "model_dir": args.model, "host": args.host, "port": args.port,
-             "torch_threads": args.torch_threads}
+             "torch_threads": args.torch_threads, "default_mode": args.default_mode,
+             "hybrid_alpha": args.hybrid_alpha}
     settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     if settings.index_dir is None:
         raise ValueError("no index to serve: pass --index DIR or set DPR_INDEX_DIR")

@@ -71,8 +71,11 @@ def _hits(answer: Any, where: str) -> list[dict[str, Any]]:
 
 
 def retrieve_with_server(url: str, queries: Mapping[str, str], k: int, batch_size: int = MAX_BATCH,
-                         timeout: float = 120.0, progress: bool = True) -> Retrieval:
-    """Top-k hits for every query from the server at ``url``, in batches of at most ``batch_size``."""
+                         timeout: float = 120.0, progress: bool = True, mode: str | None = None) -> Retrieval:
+    """Top-k hits for every query from the server at ``url``, in batches of at most ``batch_size``.
+
+    ``mode`` (``dense``, ``bm25``, ``hybrid``) is sent with each request; None leaves the server's default.
+    """
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch size must be in 1..{MAX_BATCH}, got {batch_size}")
     endpoint = f"{check_url(url)}/search/batch"
@@ -82,7 +85,10 @@ def retrieve_with_server(url: str, queries: Mapping[str, str], k: int, batch_siz
     with tqdm(total=len(qids), desc="search (server)", unit="query", disable=not progress) as bar:
         for lo in range(0, len(qids), batch_size):
             chunk = texts[lo:lo + batch_size]
-            answer = _request(endpoint, {"queries": chunk, "k": k}, timeout)
+            payload: dict[str, Any] = {"queries": chunk, "k": k}
+            if mode is not None:
+                payload["mode"] = mode
+            answer = _request(endpoint, payload, timeout)
             if not isinstance(answer, list) or len(answer) != len(chunk):
                 got = f"a list of {len(answer)}" if isinstance(answer, list) else type(answer).__name__
                 raise RuntimeError(f"{endpoint}: expected a list of {len(chunk)} results, got {got}")

@@ -36,6 +36,7 @@ class EvalOptions:
     model: str | None = None
     index: Path | None = None
     url: str | None = None
+    server_mode: str = "dense"             # the search mode asked of --url (its dense row by default)
     bm25: bool = False
     kb: tuple[Path, ...] = ()
     hybrid: str | None = None
@@ -60,6 +61,8 @@ class EvalOptions:
                 raise ValueError(f"--hybrid must be one of {FUSIONS}, got {self.hybrid!r}")
             if not (self.bm25 and (self.model or self.index or self.url)):
                 raise ValueError("--hybrid fuses a dense run with BM25: give --bm25 and --model/--index/--url")
+        if self.server_mode not in ("dense", "bm25", "hybrid"):
+            raise ValueError(f"--server-mode must be dense, bm25 or hybrid, got {self.server_mode!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {self.alpha}")
         if not self.ks or any(k < 1 for k in self.ks):
@@ -89,8 +92,9 @@ def _dense(options: EvalOptions, evalset: EvalSet, passages: list | None) -> tup
     if options.url:
         from eval.client import retrieve_with_server, server_info
 
-        info = {"source": "server", "server": server_info(options.url)}
-        return retrieve_with_server(options.url, evalset.queries, k, progress=options.progress), info
+        info = {"source": "server", "server": server_info(options.url), "mode": options.server_mode}
+        return retrieve_with_server(options.url, evalset.queries, k, progress=options.progress,
+                                    mode=options.server_mode), info
     if options.index:
         from indexer import ManifestMismatch, SearchIndex, check_encoder
         from eval.retrieve import retrieve_with_index
@@ -147,7 +151,8 @@ def run_evaluation(options: EvalOptions, command: str | None = None) -> dict[str
 
     runs: list[tuple[str, Retrieval, dict[str, Any]]] = []
     if options.model or options.index or options.url:
-        runs.append(("dense", *_dense(options, evalset, passages)))
+        name = "dense" if not options.url or options.server_mode == "dense" else f"server-{options.server_mode}"
+        runs.append((name, *_dense(options, evalset, passages)))
     if options.bm25:
         runs.append(("bm25", retrieve_with_bm25(passages, evalset.queries, k, options.progress),
                      {"source": "bm25", "library": "bm25s", "k1": 0.9, "b": 0.4}))

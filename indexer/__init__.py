@@ -1,7 +1,8 @@
 """The indexer: embed a knowledge base into a FAISS index with a SQLite passage store, and open it.
 
 An index directory holds ``index.faiss``, ``passages.sqlite``, ``embeddings.npy``,
-``passage_hashes.npy``, ``index_config.json`` and ``manifest.json`` (written last). See
+``passage_hashes.npy``, ``index_config.json``, ``bm25/`` (the BM25 index for bm25/hybrid search) and
+``manifest.json`` (written last). See
 :func:`build_index` and :class:`SearchIndex`.
 """
 from __future__ import annotations

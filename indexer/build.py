@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.bm25_files import same_passage_hashes, write_bm25
 from indexer.config import IndexConfig
 from indexer.faiss_index import check_buildable, create_index, write_faiss
 from indexer.manifest import (
@@ -92,6 +93,15 @@ def embed_with_cache(encoder: DualEncoder, passages: Sequence[Passage], hashes: 
     return vectors, stats
 
 
+def _previous_manifest(out_dir: Path) -> dict[str, Any] | None:
+    if not (out_dir / MANIFEST_FILE).exists():
+        return None
+    try:
+        return read_manifest(out_dir)
+    except ValueError:
+        return None
+
+
 def _check_target(out_dir: Path) -> None:
     """The build replaces ``out_dir`` wholesale: never let that be a directory of someone's files."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -108,13 +118,16 @@ def build_index(
     config: IndexConfig = IndexConfig(),
     model_dir: str | Path | None = None,
     progress: bool = True,
+    bm25: bool = True,
 ) -> Path:
     """Embed the knowledge base at ``kb_paths`` and write an index to ``out_dir`` atomically.
 
     ``model_dir`` is the model reference the manifest records for the server: a saved model dir
     (recorded as an absolute path) or an alias such as ``minilm``. Bad KB input raises ``DataError`` before anything
     is written; a failure at any later point leaves a previous index at ``out_dir`` untouched. A
-    non-empty ``out_dir`` that is not an index is refused rather than replaced.
+    non-empty ``out_dir`` that is not an index is refused rather than replaced. With ``bm25`` a BM25
+    index is written to ``out_dir/bm25/`` in the same build (copied from the previous build when
+    its passages are the same).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -133,14 +146,19 @@ def build_index(
     vectors, stats = embed_with_cache(encoder, passages, hashes, cache, config.batch_size, progress)
     del cache
     index = create_index(vectors, resolved, progress=progress)
+    hash_array = np.array([h.encode("ascii") for h in hashes], dtype=HASH_DTYPE)
+    previous_manifest = _previous_manifest(out_dir) if bm25 else None
 
     with atomic_dir(out_dir) as tmp:
         write_faiss(index, tmp / FAISS_FILE)
         np.save(tmp / EMBEDDINGS_FILE, vectors, allow_pickle=False)
-        np.save(tmp / HASHES_FILE, np.array([h.encode("ascii") for h in hashes], dtype=HASH_DTYPE),
-                allow_pickle=False)
+        np.save(tmp / HASHES_FILE, hash_array, allow_pickle=False)
         write_store(tmp / STORE_FILE, passages, hashes)
         write_json(tmp / CONFIG_FILE, resolved.to_dict())
+        bm25_entry = None
+        if bm25:
+            same = previous_manifest is not None and same_passage_hashes(out_dir, hash_array)
+            bm25_entry = write_bm25(tmp, passages, out_dir, previous_manifest, same, progress)
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": description,
@@ -157,6 +175,8 @@ def build_index(
             "build": {**stats, "seconds": round(time.perf_counter() - started, 3)},
             "files": file_entries(tmp),
         }
+        if bm25_entry is not None:
+            manifest["bm25"] = bm25_entry
         # Written last: a directory with a manifest is a finished index.
         write_json(tmp / MANIFEST_FILE, manifest)
     logger.info("indexed %d passages (%s, dim %d) into %s in %.1fs", len(passages), resolved.index_type,

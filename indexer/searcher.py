@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.bm25_files import load_bm25
 from indexer.build import HASH_DTYPE
 from indexer.config import IndexConfig
 from indexer.errors import IndexLoadError, ManifestMismatch
@@ -23,21 +24,28 @@ from indexer.manifest import (
 )
 from indexer.store import PassageStore
 from retriever.config import read_json
+from retriever.bm25 import BM25Index
 from retriever.data import Passage
 from retriever.encoder import DualEncoder
+from retriever.fusion import RRF_K, interpolate, reciprocal_rank_fusion
 
 logger = logging.getLogger(__name__)
 
 # Product quantisation loses precision; its candidates are re-ranked on the exact stored vectors.
 RESCORE_FACTOR = 4
+# Candidates taken from each of dense and BM25 before fusing (at least k): deep enough that a passage
+# ranked well by one side and poorly by the other still gets both scores.
+HYBRID_DEPTH = 100
+FUSION_METHODS = ("interp", "rrf")
 
 
 class SearchIndex:
     """A read-only dense index with its passage store. Use :meth:`open`."""
 
     def __init__(self, index_dir: Path, manifest: dict[str, Any], config: IndexConfig, faiss_index: Any,
-                 store: PassageStore, embeddings: np.ndarray) -> None:
+                 store: PassageStore, embeddings: np.ndarray, bm25: BM25Index | None = None) -> None:
         self.index_dir = index_dir
+        self.bm25 = bm25
         self.manifest = manifest
         self.config = config
         self._faiss = faiss_index
@@ -69,13 +77,15 @@ class SearchIndex:
         if faiss_index.ntotal != count or faiss_index.d != dim:
             raise IndexLoadError(f"{index_dir / FAISS_FILE}: holds {faiss_index.ntotal} vectors of dim "
                                  f"{faiss_index.d}, manifest says {count} of dim {dim}")
+        bm25 = load_bm25(index_dir, manifest, verify=verify)
         store = PassageStore(index_dir / STORE_FILE)
         if len(store) != count:
             store.close()
             raise IndexLoadError(f"{store.path}: holds {len(store)} passages, manifest and {FAISS_FILE} "
                                  f"say {count}")
-        logger.info("opened index %s: %d passages, %s, dim %d", index_dir, count, config.index_type, dim)
-        return cls(index_dir, manifest, config, faiss_index, store, embeddings)
+        logger.info("opened index %s: %d passages, %s, dim %d, %s", index_dir, count, config.index_type, dim,
+                    "with BM25" if bm25 is not None else "dense only (no bm25/)")
+        return cls(index_dir, manifest, config, faiss_index, store, embeddings, bm25)
 
     # ------------------------------------------------------------------ facts
 
@@ -107,6 +117,7 @@ class SearchIndex:
             "pooling": self.manifest.get("pooling"),
             "similarity": self.manifest.get("similarity"),
             "built_at": self.manifest.get("built_at"),
+            "bm25": self.bm25 is not None,
         }
 
     # ------------------------------------------------------------------ search
@@ -127,6 +138,39 @@ class SearchIndex:
         for i in np.flatnonzero((rows < 0).any(axis=1)):
             scores[i], rows[i] = self._exact(q[i:i + 1], k)
         return scores.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
+
+    def bm25_search(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
+        """Per query, up to ``k`` ``(row, score)`` BM25 hits, best first; passages sharing no term with
+        the query are not hits (as in Lucene), so a list can be short or empty."""
+        if self.bm25 is None:
+            raise IndexLoadError(f"{self.index_dir}: this index has no BM25 index (built before BM25 was "
+                                 "added, or with --no-bm25); rebuild it with `dpr index`")
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        scores, rows = self.bm25.search(list(queries), int(k))
+        return [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if s > 0]
+                for q_scores, q_rows in zip(scores, rows)]
+
+    def hybrid_search(self, query_emb: np.ndarray, queries: Sequence[str], k: int, method: str = "interp",
+                      alpha: float = 0.5, rrf_k: int = RRF_K,
+                      depth: int = HYBRID_DEPTH) -> list[list[tuple[int, float]]]:
+        """Dense and BM25 fused per query (``interp``: ``alpha`` on min-max-normalised dense scores;
+        ``rrf``: reciprocal rank fusion); up to ``k`` ``(row, fused score)`` per query, best first."""
+        if method not in FUSION_METHODS:
+            raise ValueError(f"fusion method must be one of {FUSION_METHODS}, got {method!r}")
+        fetch = max(int(k), depth)
+        sparse = self.bm25_search(queries, fetch)
+        scores, rows = self.search(query_emb, fetch)
+        if len(sparse) != len(rows):
+            raise ValueError(f"{len(queries)} query texts for {len(rows)} query embeddings")
+        out = []
+        for q_scores, q_rows, bm25_hits in zip(scores, rows, sparse):
+            dense = [(str(int(r)), float(s)) for r, s in zip(q_rows, q_scores) if r >= 0]
+            lexical = [(str(r), s) for r, s in bm25_hits]
+            fused = (interpolate(dense, lexical, alpha=alpha, depth=int(k)) if method == "interp"
+                     else reciprocal_rank_fusion(dense, lexical, k=rrf_k, depth=int(k)))
+            out.append([(int(r), s) for r, s in fused])
+        return out
 
     def exact_search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over the stored vectors (numpy), same contract as :meth:`search`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -19,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
+# What BM25Index.save writes: bm25s's own files (npy arrays saved and loaded with allow_pickle=False,
+# JSON vocab and params) plus the tokenizer's vocab and stopwords as JSON. No pickle anywhere.
+BM25_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json",
+              "params.index.json", "vocab.tokenizer.json", "stopwords.tokenizer.json")
 
 
 def passage_text(passage: Passage) -> str:
@@ -50,7 +55,36 @@ class BM25Index:
         return cls(list(passages), k1, b, tokenizer, retriever)
 
     def __len__(self) -> int:
-        return len(self.passages)
+        return int(self._retriever.scores["num_docs"])
+
+    def save(self, path: str | Path) -> list[str]:
+        """Write the index into directory ``path`` (created); returns the file names written.
+
+        The passages themselves are not saved: search returns rows, and the caller keeps the passages
+        in the same order (the index directory's passage store).
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self._retriever.save(path, allow_pickle=False, show_progress=False)
+        self._tokenizer.save_vocab(path)
+        self._tokenizer.save_stopwords(path)
+        return list(BM25_FILES)
+
+    @classmethod
+    def load(cls, path: str | Path, passages: Sequence[Passage] = ()) -> BM25Index:
+        """Read what :meth:`save` wrote. ``passages`` (optional) must be the list it was built over."""
+        path = Path(path)
+        missing = [name for name in BM25_FILES if not (path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path}: not a saved BM25 index (missing {missing})")
+        retriever = bm25s.BM25.load(path, allow_pickle=False, mmap=False, load_corpus=False, show_progress=False)
+        tokenizer = bm25s.tokenization.Tokenizer(stopwords=[])
+        tokenizer.load_vocab(path)
+        tokenizer.load_stopwords(path)
+        index = cls(list(passages), float(retriever.k1), float(retriever.b), tokenizer, retriever)
+        if passages and len(passages) != len(index):
+            raise ValueError(f"{path}: indexes {len(index)} passages, {len(passages)} given")
+        return index
 
     def search(self, queries: Sequence[str], k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(scores [n, k'] float32 descending, rows [n, k'] int64)`` with ``k' = min(k, len(self))``.
@@ -59,7 +93,7 @@ class BM25Index:
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        k = min(k, len(self.passages))
+        k = min(k, len(self))
         if not queries:
             return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
         # update_vocab=False drops words the corpus never saw, so query ids line up with the index.

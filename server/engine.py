@@ -18,10 +18,14 @@ import numpy as np
 import torch
 
 from indexer import ManifestMismatch, SearchIndex, check_encoder
+from indexer.searcher import HYBRID_DEPTH
 from retriever.data import Passage
 from retriever.encoder import DualEncoder, load_encoder, model_ref
+from retriever.fusion import RRF_K
 
 logger = logging.getLogger(__name__)
+
+SEARCH_MODES = ("dense", "bm25", "hybrid")
 
 
 class EngineLoadError(RuntimeError):
@@ -106,16 +110,35 @@ class Engine:
                 out[todo[text]] = vec
         return out
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[dict[str, Any]]]:
-        """For each query, up to ``k`` hits ``{id, title, text, score, rank}``, best first."""
-        scores, rows = self.index.search(self.encode(queries), k)          # [n, k'], [n, k']
+    @property
+    def has_bm25(self) -> bool:
+        return self.index.bm25 is not None
+
+    def search(self, queries: Sequence[str], k: int, mode: str = "dense", method: str = "interp",
+               alpha: float = 0.5, rrf_k: int = RRF_K, depth: int = HYBRID_DEPTH) -> list[list[dict[str, Any]]]:
+        """For each query, up to ``k`` hits ``{id, title, text, score, rank}``, best first.
+
+        ``mode``: ``dense`` (the encoder), ``bm25`` or ``hybrid`` (both fused by ``method``, see
+        :meth:`SearchIndex.hybrid_search`); the last two need an index built with BM25.
+        """
+        if mode == "dense":
+            scores, rows = self.index.search(self.encode(queries), k)      # [n, k'], [n, k']
+            # FAISS pads short lists with -1
+            ranked = [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if r >= 0]
+                      for q_scores, q_rows in zip(scores, rows, strict=True)]
+        elif mode == "bm25":
+            ranked = self.index.bm25_search(queries, k)
+        elif mode == "hybrid":
+            ranked = self.index.hybrid_search(self.encode(queries), queries, k, method=method, alpha=alpha,
+                                              rrf_k=rrf_k, depth=depth)
+        else:
+            raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
         results = []
-        for q_scores, q_rows in zip(scores, rows, strict=True):
-            keep = q_rows >= 0                                             # FAISS pads short lists with -1
-            passages = self.index.passages([int(r) for r in q_rows[keep]])
+        for hits in ranked:
+            passages = self.index.passages([r for r, _ in hits])
             results.append([
-                {"id": p.pid, "title": p.title, "text": p.text, "score": float(s), "rank": rank}
-                for rank, (p, s) in enumerate(zip(passages, q_scores[keep].tolist(), strict=True), start=1)
+                {"id": p.pid, "title": p.title, "text": p.text, "score": s, "rank": rank}
+                for rank, (p, (_, s)) in enumerate(zip(passages, hits, strict=True), start=1)
             ])
         return results
 

@@ -21,11 +21,13 @@ from server.schemas import (
     check_k,
     check_query,
     read_json,
+    resolve_mode,
 )
+from server.settings import Settings
 
 router = APIRouter()
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 422, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 409, 413, 422, 503)}
 
 
 def _body_doc(model: type) -> dict:
@@ -33,10 +35,13 @@ def _body_doc(model: type) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-async def _search(request: Request, engine: Engine, queries: list[str], k: int) -> list[list[dict]]:
+async def _search(request: Request, engine: Engine, queries: list[str], k: int, mode: str,
+                  settings: Settings) -> list[list[dict]]:
+    search = partial(engine.search, queries, k, mode=mode, method=settings.hybrid_method,
+                     alpha=settings.hybrid_alpha, rrf_k=settings.hybrid_rrf_k, depth=settings.hybrid_depth)
     # A capacity limiter, not the 40-thread default pool: more concurrent encodes than cores only
     # thrash torch's thread pools and make every request slower.
-    return await anyio.to_thread.run_sync(partial(engine.search, queries, k), limiter=request.app.state.search_limiter)
+    return await anyio.to_thread.run_sync(search, limiter=request.app.state.search_limiter)
 
 
 @router.post("/search", responses={200: {"model": SearchResponse}, **_ERRORS}, openapi_extra=_body_doc(SearchRequest))
@@ -45,10 +50,11 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep, met
     body = await read_json(request, SearchRequest)
     check_k(body.k, settings)
     query = check_query(body.query, settings)
-    (hits,) = await _search(request, engine, [query], body.k)
+    mode = resolve_mode(body.mode, engine.has_bm25, settings)
+    (hits,) = await _search(request, engine, [query], body.k, mode, settings)
     metrics.queries.inc()
     took_ms = round((time.perf_counter() - start) * 1000, 3)
-    return json_response({"query": body.query, "k": body.k, "results": hits, "took_ms": took_ms})
+    return json_response({"query": body.query, "k": body.k, "mode": mode, "results": hits, "took_ms": took_ms})
 
 
 @router.post("/search/batch", responses={200: {"model": list[SearchResponse]}, **_ERRORS},
@@ -59,10 +65,11 @@ async def search_batch(request: Request, engine: EngineDep, settings: SettingsDe
     body = await read_json(request, BatchSearchRequest)
     check_k(body.k, settings)
     queries = check_batch(body.queries, settings)
-    results = await _search(request, engine, queries, body.k)
+    mode = resolve_mode(body.mode, engine.has_bm25, settings)
+    results = await _search(request, engine, queries, body.k, mode, settings)
     metrics.queries.inc(len(queries))
     took_ms = round((time.perf_counter() - start) * 1000, 3)
-    return json_response([{"query": q, "k": body.k, "results": hits, "took_ms": took_ms}
+    return json_response([{"query": q, "k": body.k, "mode": mode, "results": hits, "took_ms": took_ms}
                           for q, hits in zip(body.queries, results, strict=True)])
 
 

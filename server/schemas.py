@@ -6,7 +6,7 @@ their own message, whatever Content-Type the client sent.
 """
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from fastapi import Request
@@ -16,6 +16,7 @@ from server.errors import APIError, validation_detail
 from server.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
+Mode = Literal["dense", "bm25", "hybrid"]
 
 
 class _Strict(BaseModel):
@@ -25,11 +26,14 @@ class _Strict(BaseModel):
 class SearchRequest(_Strict):
     query: str
     k: int = 10
+    # None: the server's default mode (DPR_DEFAULT_MODE).
+    mode: Mode | None = None
 
 
 class BatchSearchRequest(_Strict):
     queries: list[str]
     k: int = 10
+    mode: Mode | None = None
 
 
 class ReloadRequest(_Strict):
@@ -48,6 +52,7 @@ class Hit(BaseModel):
 class SearchResponse(BaseModel):
     query: str
     k: int
+    mode: Mode
     results: list[Hit]
     took_ms: float
 
@@ -80,6 +85,17 @@ async def read_json(request: Request, model: type[M], *, allow_empty: bool = Fal
         detail = validation_detail(e.errors())
         first = detail[0] if detail else {"loc": "", "msg": ""}
         raise APIError(422, f"invalid request: {first['loc'] or 'body'}: {first['msg']}", detail) from None
+
+
+def resolve_mode(mode: str | None, has_bm25: bool, settings: Settings) -> str:
+    """The mode a request runs in; asking for BM25 or hybrid on a dense-only index is a 409."""
+    if mode is None:
+        return settings.default_mode if has_bm25 else "dense"
+    if mode != "dense" and not has_bm25:
+        raise APIError(409, f"mode {mode!r} needs a BM25 index, and the loaded index has none "
+                            "(built before BM25 was added): rebuild it with `dpr index`, or use mode 'dense'",
+                       {"loc": "mode", "value": mode})
+    return mode
 
 
 def check_k(k: int, settings: Settings) -> None:

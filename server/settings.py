@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,17 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1)
     # Searches encoding at once; None: cores // torch_threads, so the two never oversubscribe the CPU.
     search_workers: int | None = Field(None, ge=1)
+
+    # Search mode when a request names none (an index without bm25/ always falls back to dense), and
+    # the fusion behind mode "hybrid". Defaults measured by `dpr bench recall` on nq_oracle (fusion
+    # weight tuned on the training questions only): see README "Recall benchmark".
+    default_mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    hybrid_method: Literal["interp", "rrf"] = "interp"
+    # Weight of the min-max-normalised dense score in "interp" (1 - alpha goes to BM25).
+    hybrid_alpha: float = Field(0.7, ge=0.0, le=1.0)
+    hybrid_rrf_k: int = Field(60, ge=0)
+    # Candidates taken from each side before fusing.
+    hybrid_depth: int = Field(100, ge=1)
 
     @field_validator("admin_token")
     @classmethod

@@ -105,7 +105,7 @@ def test_missing_directory_and_missing_manifest(tmp_path: Path) -> None:
 
 
 def _old_state(index_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in index_dir.iterdir()}
+    return {str(p.relative_to(index_dir)): p.read_bytes() for p in index_dir.rglob("*") if p.is_file()}
 
 
 def test_failure_inside_the_atomic_block_keeps_the_old_index(built: Path, make_kb, tiny_encoder,

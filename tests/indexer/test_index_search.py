@@ -20,7 +20,7 @@ def _questions(n: int) -> list[str]:
 def test_build_writes_all_files_and_manifest(built: Path, kb80: Path, tiny_encoder) -> None:
     names = {p.name for p in built.iterdir()}
     assert names == {"index.faiss", "passages.sqlite", "embeddings.npy", "passage_hashes.npy",
-                     "index_config.json", "manifest.json"}
+                     "index_config.json", "manifest.json", "bm25"}
     manifest = json.loads((built / "manifest.json").read_text())
     assert manifest["count"] == 80 and manifest["dim"] == tiny_encoder.dim == 32
     assert manifest["model"]["weights_sha256"] == tiny_encoder.fingerprint()

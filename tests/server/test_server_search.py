@@ -105,11 +105,11 @@ def test_page_is_served(client) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     html = r.text
-    for needle in ('id="q"', 'id="k"', 'fetch("search"', "textContent", 'id="error"'):
+    for needle in ('id="q"', 'id="k"', 'id="mode"', 'value="hybrid"', 'fetch("search"', "textContent", 'id="error"'):
         assert needle in html
 
 
 def test_openapi_documents_the_bodies(client) -> None:
     spec = client.get("/openapi.json").json()
     schema = spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(schema["properties"]) == {"query", "k"}
+    assert set(schema["properties"]) == {"query", "k", "mode"}

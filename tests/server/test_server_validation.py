@@ -89,7 +89,9 @@ def test_unexpected_exception_is_500_json(index_a) -> None:
     from server.settings import Settings
 
     class Broken:
-        def search(self, queries, k):
+        has_bm25 = False
+
+        def search(self, queries, k, **fusion):
             raise ZeroDivisionError("boom")
 
     app = create_app(Settings(index_dir=index_a))
