@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-mode", choices=("dense", "bm25", "hybrid"),
                         help="search mode of requests that name none (default hybrid, or $DPR_DEFAULT_MODE)")
     parser.add_argument("--hybrid-alpha", type=float,
-                        help="dense weight of hybrid score interpolation (or $DPR_HYBRID_ALPHA)")
+                        help="dense weight of hybrid score interpolation (default 0.8, or $DPR_HYBRID_ALPHA)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each request")
 
 

@@ -37,6 +37,7 @@ CURVE_K = 100
 # interp weights tried on the training questions, dense-heavy first: ties keep the denser mix.
 ALPHAS = tuple(round(0.95 - 0.05 * i, 2) for i in range(19))
 DENSE_ROWS = (("zero-shot", None), ("in-batch", "none"), ("in-batch+hard", "model"))
+DENSE_ROW_NAMES = tuple(name for name, _ in DENSE_ROWS)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class BenchOptions:
     n_resamples: int = DEFAULT_RESAMPLES
     batch_size: int = 64
     progress: bool = True
+    # The dense rows to run (BM25 and the hybrid always run); fewer rows, less CPU on a big corpus.
+    rows: tuple[str, ...] = DENSE_ROW_NAMES
     # TrainConfig fields passed through unchanged (tests use a tiny model with short sequences).
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
 
@@ -63,6 +66,9 @@ class BenchOptions:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"cut-offs must be positive, got {list(self.ks)}")
         object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
+        unknown = sorted(set(self.rows) - set(DENSE_ROW_NAMES))
+        if unknown or not self.rows:
+            raise ValueError(f"--rows takes one or more of {', '.join(DENSE_ROW_NAMES)}; got {list(self.rows)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -147,6 +153,8 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
     training: dict[str, Any] = {}
 
     for name, negatives in DENSE_ROWS:
+        if name not in options.rows:
+            continue
         t0 = time.perf_counter()
         ref = options.model
         if negatives is not None:
@@ -225,15 +233,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm", help="base encoder (default minilm)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-recall"), help="output directory")
     parser.add_argument("--seed", type=int, default=42, help="training, split and bootstrap seed")
+    parser.add_argument("--rows", default=",".join(DENSE_ROW_NAMES), metavar="ROW,ROW",
+                        help=f"dense rows to run (default all: {','.join(DENSE_ROW_NAMES)}); BM25 and hybrid always")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
     return BenchOptions(train=args.train, val=args.val, out=args.out, model=args.model, epochs=args.epochs,
                         seed=args.seed, train_split=args.train_split, val_split=args.val_split,
                         extra_passages=tuple(args.extra_passages), n_resamples=args.resamples,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, rows=rows)
 
 
 def print_report(report: Mapping[str, Any]) -> None:

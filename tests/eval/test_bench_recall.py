@@ -100,3 +100,13 @@ def test_dpr_bench_recall_command(tiny_base: Path, small_nq: tuple[Path, Path], 
     assert json.loads((out / "bench_recall.json").read_text())["options"]["epochs"] == 1
     assert main(["bench", "recall", "--train", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
     assert "missing.json: no such" in capsys.readouterr().err
+
+
+def test_bench_options_refuse_unknown_rows_and_epochs() -> None:
+    with pytest.raises(ValueError, match="--rows takes one or more of zero-shot"):
+        BenchOptions(rows=("zero-shot", "colbert"))
+    with pytest.raises(ValueError, match="--rows"):
+        BenchOptions(rows=())
+    with pytest.raises(ValueError, match="--epochs must be >= 1"):
+        BenchOptions(epochs=0)
+    assert BenchOptions(rows=("in-batch",)).rows == ("in-batch",)
