@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from retriever.config import check_config_keys
+
 logger = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -48,12 +50,7 @@ class IndexConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexConfig:
-        if not isinstance(data, dict):
-            raise ValueError(f"index config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown index config keys: {unknown}")
+        check_config_keys(cls, data, "index")
         return cls(**data)
 
     def resolve(self, n: int, dim: int) -> IndexConfig:

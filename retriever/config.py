@@ -57,11 +57,20 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown encoder config keys: {unknown}")
+        check_config_keys(cls, data, "encoder")
         return cls(**data)
+
+
+def check_config_keys(cls: type, data: Any, what: str) -> None:
+    """Refuse a saved config that is not an object or names fields ``cls`` does not have.
+
+    A typo in a hand-edited JSON config must fail loudly, not be silently dropped.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} config must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {unknown}")
 
 
 def write_json(path: str | Path, data: Any) -> None:

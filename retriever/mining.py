@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import string
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,25 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from retriever.answers import has_answer
 from retriever.data import DataError, Example, Passage, is_beir_dir, load_examples, parse_example, read_records
 from retriever.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
 
 MINING_METHODS = ("model", "bm25")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans({c: " " for c in string.punctuation})
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD/DPR answer normalisation: lower case, no punctuation or articles, single spaces."""
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
-
-
-def contains_answer(text: str, answers: Iterable[str]) -> bool:
-    """Whether any non-empty normalised answer occurs in the normalised text as whole words."""
-    haystack = f" {normalize_answer(text)} "
-    return any(needle and f" {needle} " in haystack for needle in map(normalize_answer, answers))
 
 
 def select_negatives(example: Example, ranked: Iterable[Passage], num: int,
@@ -52,7 +38,7 @@ def select_negatives(example: Example, ranked: Iterable[Passage], num: int,
             break
         if p.pid in gold_pids or p.text.strip() in gold_texts or p.pid in seen:
             continue
-        if skip_answer_passages and example.answers and contains_answer(f"{p.title} {p.text}", example.answers):
+        if skip_answer_passages and example.answers and has_answer(f"{p.title} {p.text}", example.answers):
             continue
         seen.add(p.pid)
         out.append(p)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from retriever.config import POOLINGS, SIMILARITIES, read_json
+from retriever.config import POOLINGS, SIMILARITIES, check_config_keys, read_json
 
 HardNegatives = Literal["none", "model", "bm25", "file"]
 HARD_NEGATIVE_SOURCES = ("none", "model", "bm25", "file")
@@ -97,10 +97,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown train config keys: {unknown}")
+        check_config_keys(cls, data, "train")
         data = dict(data)
         for key in ("kb", "eval_ks"):
             if key in data:
