@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 EPOCHS ?= 1
 
-.PHONY: run test venv train index serve clean
+.PHONY: run test venv train index serve clean reliability
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The long reliability checks (fuzzing, 60 s load + hot swap, kill -9 of builds, corrupt indexes);
+# the first run also builds the two MiniLM indexes under runs/reliability (minutes on a CPU).
+reliability: venv
+	$(DPR) bench reliability
 
 clean:
 	rm -rf $(RUN_DIR)

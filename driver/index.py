@@ -1,4 +1,10 @@
-"""`dpr index`: embed a knowledge base into a FAISS index with a passage store."""
+"""`dpr index`: embed a knowledge base into a FAISS index with a passage store.
+
+``dpr index --model M --kb KB --out DIR`` builds an index (resumable: re-run after a crash);
+``dpr index --shard I/N --model M --kb KB --out SHARD_DIR`` embeds one of N shards;
+``dpr index merge --shards DIR... --out DIR`` assembles the shards into an index;
+``dpr index plan --count N --dim D --ram-gb X`` recommends an index type.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,56 +12,135 @@ import argparse
 from indexer.config import INDEX_TYPES, IndexConfig
 
 _DEFAULTS = IndexConfig()
+ACTIONS = ("build", "merge", "plan")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="a saved dual-encoder directory, or a base model name/alias such as 'minilm'")
-    parser.add_argument("--kb", required=True, action="append", metavar="PATH",
+    parser.add_argument("action", nargs="?", choices=ACTIONS, default="build",
+                        help="build (default): embed and index; merge: assemble shards; plan: recommend an index")
+    parser.add_argument("--model", help="a saved dual-encoder directory, or a base model name/alias such as 'minilm'")
+    parser.add_argument("--kb", action="append", metavar="PATH",
                         help="knowledge base: JSONL (id/_id,title,text), a BEIR folder, or nq_oracle JSON "
-                             "(its gold passages); repeat for several")
-    parser.add_argument("--out", required=True, help="index directory (replaced atomically)")
+                             "(its gold passages); repeat for several. For merge: where the KB is on this "
+                             "machine (default: the paths the shards recorded)")
+    parser.add_argument("--out", help="index directory (replaced atomically); with --shard, the shard directory")
     parser.add_argument("--index-type", choices=INDEX_TYPES, default=_DEFAULTS.index_type)
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="passages per encoder batch")
     hnsw = parser.add_argument_group("hnsw")
     hnsw.add_argument("--hnsw-m", type=int, default=_DEFAULTS.hnsw_m)
     hnsw.add_argument("--hnsw-ef-construction", type=int, default=_DEFAULTS.hnsw_ef_construction)
     hnsw.add_argument("--hnsw-ef-search", type=int, default=_DEFAULTS.hnsw_ef_search)
-    ivf = parser.add_argument_group("ivfpq")
+    ivf = parser.add_argument_group("ivfflat / ivfpq")
     ivf.add_argument("--ivf-nlist", type=int, default=None, help="inverted lists (default ~4*sqrt(n))")
     ivf.add_argument("--pq-m", type=int, default=_DEFAULTS.pq_m, help="PQ sub-quantizers (must divide dim)")
     ivf.add_argument("--pq-nbits", type=int, default=_DEFAULTS.pq_nbits)
     ivf.add_argument("--nprobe", type=int, default=_DEFAULTS.nprobe)
+    ivf.add_argument("--opq", action="store_true", help="ivfpq: rotate vectors (OPQ) before product quantisation")
+    ivf.add_argument("--rescore-factor", type=int, default=_DEFAULTS.rescore_factor,
+                     help="ivfpq: re-rank k*F candidates on the exact vectors (10 reached recall@10 0.99 at 1M)")
+    ivf.add_argument("--train-sample", type=int, default=None,
+                     help="train IVF/PQ/OPQ on at most this many vectors (default: 256 per centroid)")
+    work = parser.add_argument_group("resumable and sharded embedding")
+    work.add_argument("--work-dir", default=None,
+                      help="where embedding chunks are kept until the index is written (default <out>.work)")
+    work.add_argument("--chunk-size", type=int, default=None, help="passages per chunk file (default 8192)")
+    work.add_argument("--shard", metavar="I/N", default=None,
+                      help="embed only shard I of N (contiguous KB rows) into --out; then `dpr index merge`")
+    work.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                      help="shard vector precision (float16 halves shard size; the index is float32)")
+    merge = parser.add_argument_group("merge")
+    merge.add_argument("--shards", nargs="+", metavar="DIR", help="the N shard directories, any order")
+    plan = parser.add_argument_group("plan")
+    plan.add_argument("--count", type=int, help="passages to index")
+    plan.add_argument("--dim", type=int, default=768, help="embedding dim")
+    plan.add_argument("--ram-gb", type=float, default=None, help="RAM budget for the index (GB)")
+    plan.add_argument("--target-recall", type=float, default=0.95, help="recall@10 vs exact search to reach")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for encoding (default: torch's choice; 1 can win on a busy CPU)")
+    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
+                        help="embed with an int8 dynamically quantised encoder (faster on CPU; recorded in the manifest)")
     parser.add_argument("--no-bm25", action="store_true",
                         help="do not build the BM25 index beside the dense one (bm25/hybrid search then unavailable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
-    from indexer import SearchIndex, build_index
-    from retriever.encoder import load_encoder, model_ref
-
-    config = IndexConfig(
+def _config(args: argparse.Namespace) -> IndexConfig:
+    return IndexConfig(
         index_type=args.index_type, batch_size=args.batch_size, hnsw_m=args.hnsw_m,
         hnsw_ef_construction=args.hnsw_ef_construction, hnsw_ef_search=args.hnsw_ef_search,
         ivf_nlist=args.ivf_nlist, pq_m=args.pq_m, pq_nbits=args.pq_nbits, nprobe=args.nprobe,
+        opq=args.opq, train_sample=args.train_sample, rescore_factor=args.rescore_factor,
     )
+
+
+def _require(args: argparse.Namespace, *names: str) -> None:
+    missing = [f"--{n.replace('_', '-')}" for n in names if not getattr(args, n)]
+    if missing:
+        raise ValueError(f"dpr index {args.action} needs {', '.join(missing)}")
+
+
+def _summary(out: object) -> None:
+    from indexer import SearchIndex
+
+    with SearchIndex.open(out, verify=False) as index:
+        build = index.manifest["build"]
+        rate = f", {build['passages_per_s']} passages/s" if build.get("passages_per_s") else ""
+        bm25 = index.manifest.get("bm25")
+        sparse = "no BM25 index" if bm25 is None else f"BM25 index {'reused' if bm25.get('reused') else 'built'}"
+        how = (f"merged {build['merged_shards']} shards" if "merged_shards" in build else
+               f"{build['embedded']} embedded, {build['reused']} reused"
+               + (f", {build['resumed']} resumed" if build.get("resumed") else ""))
+        print(f"indexed {len(index)} passages into {out} ({index.config.index_type}, dim {index.dim}): "
+              f"{how}{rate}, {build['seconds']}s; {sparse}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "plan":
+        from indexer.planner import format_plan, plan_index
+
+        _require(args, "count")
+        plan = plan_index(args.count, args.dim, ram_gb=args.ram_gb, target_recall=args.target_recall)
+        print(format_plan(plan, as_json=args.json))
+        return 0
+    config = _config(args)
+    if args.action == "merge":
+        from indexer.merge import merge_shards
+
+        _require(args, "shards", "out")
+        out = merge_shards(args.shards, args.out, config, kb_paths=args.kb, bm25=not args.no_bm25,
+                           progress=not args.no_progress)
+        _summary(out)
+        return 0
+    _require(args, "model", "kb", "out")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
+    from indexer.build import build_index, embed_shard
+    from indexer.shards import DEFAULT_CHUNK, ShardSpec
+    from retriever.encoder import load_encoder, model_ref
+
+    spec = ShardSpec.parse(args.shard) if args.shard is not None else None
+    chunk = args.chunk_size or DEFAULT_CHUNK
     encoder = load_encoder(args.model)
+    if args.quantize != "none":
+        from retriever.quantize import quantize_encoder
+
+        quantize_encoder(encoder, args.quantize)
+    if spec is not None:
+        stats = embed_shard(encoder, args.kb, args.out, spec, model_dir=model_ref(args.model), dtype=args.dtype,
+                            chunk_size=chunk, batch_size=args.batch_size, progress=not args.no_progress)
+        start, stop = stats["rows"]
+        print(f"shard {spec.index}/{spec.count}: rows {start}-{stop - 1} ({stop - start} passages, {args.dtype}) "
+              f"in {args.out}: {stats['embedded']} embedded, {stats['resumed']} resumed")
+        return 0
+    if args.dtype != "float32":
+        raise ValueError("--dtype applies to --shard only (an index stores float32 vectors)")
     out = build_index(encoder, args.kb, args.out, config, model_dir=model_ref(args.model),
-                      progress=not args.no_progress, bm25=not args.no_bm25)
-    with SearchIndex.open(out, verify=False) as index:
-        build = index.manifest["build"]
-        rate = f", {build['passages_per_s']} passages/s" if build.get("passages_per_s") else ""
-        bm25 = index.manifest.get("bm25")
-        sparse = "no BM25 index" if bm25 is None else f"BM25 index {'reused' if bm25.get('reused') else 'built'}"
-        print(f"indexed {len(index)} passages into {out} ({index.config.index_type}, dim {index.dim}): "
-              f"{build['embedded']} embedded, {build['reused']} reused{rate}, {build['seconds']}s; {sparse}")
+                      progress=not args.no_progress, bm25=not args.no_bm25, work_dir=args.work_dir,
+                      chunk_size=chunk)
+    _summary(out)
     return 0

@@ -17,6 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search mode of requests that name none (default hybrid, or $DPR_DEFAULT_MODE)")
     parser.add_argument("--hybrid-alpha", type=float,
                         help="dense weight of hybrid score interpolation (default 0.8, or $DPR_HYBRID_ALPHA)")
+    parser.add_argument("--quantize", choices=("none", "int8"),
+                        help="encode queries with an int8 dynamically quantised encoder (default none, or $DPR_QUANTIZE)")
+    parser.add_argument("--microbatch", action=argparse.BooleanOptionalAction, default=None,
+                        help="batch concurrent /search requests (default on, or $DPR_MICROBATCH)")
+    parser.add_argument("--microbatch-max-wait-ms", type=float,
+                        help="longest a query waits for others to batch with (default 2, or $DPR_MICROBATCH_MAX_WAIT_MS)")
+    parser.add_argument("--microbatch-max-size", type=int,
+                        help="most queries per batch (default 32, or $DPR_MICROBATCH_MAX_SIZE)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each request")
 
 
@@ -35,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {"index_dir": args.index, "model_dir": args.model, "host": args.host, "port": args.port,
              "torch_threads": args.torch_threads, "default_mode": args.default_mode,
-             "hybrid_alpha": args.hybrid_alpha}
+             "hybrid_alpha": args.hybrid_alpha, "quantize": args.quantize, "microbatch": args.microbatch,
+             "microbatch_max_wait_ms": args.microbatch_max_wait_ms, "microbatch_max_size": args.microbatch_max_size}
     settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     if settings.index_dir is None:
         raise ValueError("no index to serve: pass --index DIR or set DPR_INDEX_DIR")
@@ -43,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{settings.index_dir}: no such index directory")
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_config=None,
-                            access_log=not args.no_access_log, timeout_graceful_shutdown=10)
+                            access_log=not args.no_access_log, timeout_graceful_shutdown=10,
+                            # uvicorn's 5 s default races clients that reuse an idle pooled connection
+                            # as the server drops it (a reset request: seen once under load, `dpr bench
+                            # reliability`); keep it above common client pool idle times.
+                            timeout_keep_alive=75)
     server = uvicorn.Server(config)
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not args.verbose and not any(isinstance(f, _DropLifespanTraceback) for f in uvicorn_log.filters):

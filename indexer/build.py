@@ -2,12 +2,16 @@
 
 Passages whose content (``sha1(title + "\\n" + text)``) is already in the index at ``out_dir``,
 built by an encoder with the same weights and config, keep their vectors; only new or changed
-passages are embedded.
+passages are embedded. Embeddings go to resumable chunk files in a work directory first
+(:mod:`indexer.shards`), so a killed build re-run with the same arguments embeds only what is
+missing; ``out_dir`` is replaced only by the final atomic rename.
+:func:`build_index_from_vectors` writes an index from vectors already at hand (shard merge, benchmarks).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -23,6 +27,7 @@ from indexer.manifest import (
     CONFIG_FILE, EMBEDDINGS_FILE, FAISS_FILE, FORMAT_VERSION, HASHES_FILE, MANIFEST_FILE, STORE_FILE,
     encoder_differences, file_entries, kb_sources, read_manifest,
 )
+from indexer.shards import DEFAULT_CHUNK, ShardSpec, embed_rows, make_header, prepare_work_dir, read_shard
 from indexer.store import write_store
 from retriever.atomic import atomic_dir
 from retriever.config import write_json
@@ -67,32 +72,6 @@ def load_cached_vectors(index_dir: Path, description: dict[str, Any]) -> dict[st
     return {h.decode("ascii"): vectors[i] for i, h in enumerate(hashes.tolist())}
 
 
-def embed_with_cache(encoder: DualEncoder, passages: Sequence[Passage], hashes: Sequence[str],
-                     cache: dict[str, np.ndarray], batch_size: int, progress: bool) -> tuple[np.ndarray, dict]:
-    """Embeddings for ``passages`` (float32 [n, d]), and stats: reused, embedded, seconds, passages/s."""
-    vectors = np.empty((len(passages), encoder.dim), dtype=np.float32)
-    todo = []
-    for i, h in enumerate(hashes):
-        cached = cache.get(h)
-        if cached is None:
-            todo.append(i)
-        else:
-            vectors[i] = cached
-    start = time.perf_counter()
-    if todo:
-        vectors[todo] = encoder.encode_passages([passages[i] for i in todo], batch_size=batch_size,
-                                                progress=progress)
-    seconds = time.perf_counter() - start
-    if not np.isfinite(vectors).all():
-        raise RuntimeError("the encoder produced non-finite passage embeddings (NaN or inf); index not written")
-    stats = {"reused": len(passages) - len(todo), "embedded": len(todo), "embed_seconds": round(seconds, 3),
-             "passages_per_s": round(len(todo) / seconds, 1) if todo and seconds > 0 else None}
-    logger.info("embeddings: %d reused from the previous index, %d embedded in %.1fs%s", stats["reused"],
-                stats["embedded"], seconds,
-                f" ({stats['passages_per_s']} passages/s)" if stats["passages_per_s"] else "")
-    return vectors, stats
-
-
 def _previous_manifest(out_dir: Path) -> dict[str, Any] | None:
     if not (out_dir / MANIFEST_FILE).exists():
         return None
@@ -111,6 +90,12 @@ def _check_target(out_dir: Path) -> None:
                          "refusing to replace it")
 
 
+def default_work_dir(out_dir: str | Path) -> Path:
+    """Where a build of ``out_dir`` keeps its resumable embedding chunks: a sibling ``<name>.work``."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.work")
+
+
 def build_index(
     encoder: DualEncoder,
     kb_paths: Sequence[str | Path],
@@ -119,6 +104,8 @@ def build_index(
     model_dir: str | Path | None = None,
     progress: bool = True,
     bm25: bool = True,
+    work_dir: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> Path:
     """Embed the knowledge base at ``kb_paths`` and write an index to ``out_dir`` atomically.
 
@@ -127,7 +114,8 @@ def build_index(
     is written; a failure at any later point leaves a previous index at ``out_dir`` untouched. A
     non-empty ``out_dir`` that is not an index is refused rather than replaced. With ``bm25`` a BM25
     index is written to ``out_dir/bm25/`` in the same build (copied from the previous build when
-    its passages are the same).
+    its passages are the same). Embeddings are written in chunks of ``chunk_size`` to ``work_dir``
+    (default ``<out_dir>.work``), reused by a re-run after a crash, and removed after success.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -142,12 +130,59 @@ def build_index(
     resolved = config.resolve(len(passages), encoder.dim)
     check_buildable(len(passages), resolved)
     hashes = [content_hash(p) for p in passages]
+    work = Path(work_dir) if work_dir is not None else default_work_dir(out_dir)
+    ref = None if model_dir is None else model_ref(model_dir)
+    header = make_header(description, ref, sources, ShardSpec(0, 1), len(passages), "float32", chunk_size)
+    prepare_work_dir(work, header, reset_on_mismatch=True)
     cache = load_cached_vectors(out_dir, description)
-    vectors, stats = embed_with_cache(encoder, passages, hashes, cache, config.batch_size, progress)
+    stats = embed_rows(encoder, passages, hashes, work, header, cache, config.batch_size, progress)
     del cache
+    vectors = read_shard(work, verify=False).vectors
+    build_index_from_vectors(vectors, passages, out_dir, config, description, model_dir, hashes=hashes,
+                             kb=sources, build_stats=stats, bm25=bm25, progress=progress, started=started)
+    shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def build_index_from_vectors(
+    vectors: np.ndarray,
+    passages: Sequence[Passage],
+    out_dir: str | Path,
+    config: IndexConfig,
+    model_description: dict[str, Any],
+    model_dir: str | Path | None,
+    *,
+    hashes: Sequence[str] | None = None,
+    kb: list[dict[str, Any]] | None = None,
+    build_stats: dict[str, Any] | None = None,
+    bm25: bool = True,
+    progress: bool = True,
+    started: float | None = None,
+) -> Path:
+    """Write an index over ``vectors`` (float32 [n, d], row i = ``passages[i]``) to ``out_dir`` atomically.
+
+    ``model_description`` is the ``DualEncoder.describe()`` of the model the vectors come from and
+    ``model_dir`` its reference for the server, so the index opens with that model like any other.
+    """
+    started = time.perf_counter() if started is None else started
+    out_dir = Path(out_dir)
+    _check_target(out_dir)
+    dim = int(model_description["dim"])
+    if vectors.ndim != 2 or vectors.shape != (len(passages), dim):
+        raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(passages)}, {dim}) "
+                         "(one row per passage, the model's dim)")
+    if vectors.dtype != np.float32:
+        raise ValueError(f"vectors must be float32, got {vectors.dtype}")
+    if not np.isfinite(vectors).all():
+        raise RuntimeError("non-finite passage embeddings (NaN or inf); index not written")
+    resolved = config.resolve(len(passages), dim)
+    check_buildable(len(passages), resolved)
+    hashes = [content_hash(p) for p in passages] if hashes is None else list(hashes)
+    encoder_config = model_description.get("encoder") or {}
     index = create_index(vectors, resolved, progress=progress)
     hash_array = np.array([h.encode("ascii") for h in hashes], dtype=HASH_DTYPE)
     previous_manifest = _previous_manifest(out_dir) if bm25 else None
+    stats = build_stats or {}
 
     with atomic_dir(out_dir) as tmp:
         write_faiss(index, tmp / FAISS_FILE)
@@ -161,16 +196,16 @@ def build_index(
             bm25_entry = write_bm25(tmp, passages, out_dir, previous_manifest, same, progress)
         manifest = {
             "format_version": FORMAT_VERSION,
-            "model": description,
+            "model": model_description,
             "model_dir": None if model_dir is None else model_ref(model_dir),
-            "pooling": encoder.config.pooling,
-            "similarity": encoder.config.similarity,
-            "normalize": encoder.config.normalize,
-            "dim": encoder.dim,
+            "pooling": encoder_config.get("pooling"),
+            "similarity": encoder_config.get("similarity"),
+            "normalize": model_description.get("normalize"),
+            "dim": dim,
             "count": len(passages),
             "index_type": resolved.index_type,
             "index_params": resolved.to_dict(),
-            "kb": sources,
+            "kb": kb or [],
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build": {**stats, "seconds": round(time.perf_counter() - started, 3)},
             "files": file_entries(tmp),
@@ -180,5 +215,35 @@ def build_index(
         # Written last: a directory with a manifest is a finished index.
         write_json(tmp / MANIFEST_FILE, manifest)
     logger.info("indexed %d passages (%s, dim %d) into %s in %.1fs", len(passages), resolved.index_type,
-                encoder.dim, out_dir, time.perf_counter() - started)
+                dim, out_dir, time.perf_counter() - started)
     return out_dir
+
+
+def embed_shard(
+    encoder: DualEncoder,
+    kb_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    spec: ShardSpec,
+    model_dir: str | Path | None = None,
+    dtype: str = "float32",
+    chunk_size: int = DEFAULT_CHUNK,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Embed shard ``spec`` (contiguous KB rows) into the shard directory ``out_dir``; resumable.
+
+    Returns the stats of :func:`indexer.shards.embed_rows` plus ``rows``. ``dpr index merge`` turns
+    the N shard directories into an index.
+    """
+    out_dir = Path(out_dir)
+    if isinstance(kb_paths, (str, Path)):
+        kb_paths = [kb_paths]
+    passages = load_corpus(list(kb_paths))
+    sources = kb_sources(kb_paths)
+    ref = None if model_dir is None else model_ref(model_dir)
+    header = make_header(encoder.describe(), ref, sources, spec, len(passages), dtype, chunk_size)
+    prepare_work_dir(out_dir, header, reset_on_mismatch=False)
+    start, stop = header["rows"]
+    hashes = [""] * start + [content_hash(p) for p in passages[start:stop]] + [""] * (len(passages) - stop)
+    stats = embed_rows(encoder, passages, hashes, out_dir, header, None, batch_size, progress)
+    return {**stats, "rows": [start, stop]}

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from indexer.config import IndexConfig
+from indexer.config import IVF_TYPES, IndexConfig
 from indexer.errors import IndexLoadError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _create_index(vectors: np.ndarray, config: IndexConfig, progress: bool) -> f
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = config.hnsw_ef_construction
     else:
-        index = _trained_ivfpq(vectors, config)
+        index = _trained_ivf(vectors, config)
     apply_search_params(index, config)
     with tqdm(total=n, unit="vec", desc=f"add to {config.index_type} index",
               disable=not progress or n <= _ADD_CHUNK) as bar:
@@ -68,38 +68,60 @@ def _create_index(vectors: np.ndarray, config: IndexConfig, progress: bool) -> f
 
 def check_buildable(n: int, config: IndexConfig) -> None:
     """Fail before any embedding work if ``n`` vectors cannot train the (resolved) ``config``."""
-    if config.index_type != "ivfpq":
+    if config.index_type not in IVF_TYPES:
         return
     nlist, nbits = config.ivf_nlist, config.pq_nbits
     if nlist is None:
-        raise ValueError("IndexConfig.resolve() must run before building an ivfpq index")
-    needed = max(nlist, 2 ** nbits)
+        raise ValueError(f"IndexConfig.resolve() must run before building an {config.index_type} index")
+    needed = max(nlist, 2 ** nbits) if config.index_type == "ivfpq" else nlist
     if n < needed:
+        what = (f"ivf_nlist={nlist}, 2**pq_nbits={2 ** nbits}" if config.index_type == "ivfpq"
+                else f"ivf_nlist={nlist}")
         raise ValueError(
-            f"ivfpq needs at least {needed} vectors to train (ivf_nlist={nlist}, 2**pq_nbits={2 ** nbits}) "
+            f"{config.index_type} needs at least {needed} vectors to train ({what}) "
             f"but the knowledge base has {n}: use --index-type flat or hnsw, or lower --ivf-nlist/--pq-nbits"
         )
 
 
-def _trained_ivfpq(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
+def factory_string(config: IndexConfig) -> str:
+    """The FAISS ``index_factory`` description of a resolved IVF ``config``."""
+    nlist, m, nbits = config.ivf_nlist, config.pq_m, config.pq_nbits
+    if config.index_type == "ivfflat":
+        return f"IVF{nlist},Flat"
+    return f"{f'OPQ{m},' if config.opq else ''}IVF{nlist},PQ{m}x{nbits}"
+
+
+def training_sample(vectors: np.ndarray, config: IndexConfig) -> np.ndarray:
+    """At most ``train_sample`` (default 256 per centroid, capped) rows, drawn reproducibly."""
+    n = len(vectors)
+    limit = config.train_sample or min(_MAX_TRAIN, 256 * max(config.ivf_nlist or 1, 2 ** config.pq_nbits))
+    if n <= limit:
+        return np.ascontiguousarray(vectors)
+    rng = np.random.default_rng(_SEED)
+    return np.ascontiguousarray(vectors[np.sort(rng.choice(n, limit, replace=False))])
+
+
+def _trained_ivf(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
     n, dim = vectors.shape
     check_buildable(n, config)
-    nlist, m, nbits = config.ivf_nlist, config.pq_m, config.pq_nbits
-    index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_INNER_PRODUCT)
-    # Polysemous training only serves Hamming-distance filtering, which is never used here, and it
-    # was most of the training time.
-    index.do_polysemous_training = False
+    nlist, nbits = config.ivf_nlist, config.pq_nbits
+    index = faiss.index_factory(dim, factory_string(config), faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
     # FAISS prints one warning per sub-quantizer when points are few; one log line says it instead.
-    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1
-    if n < 39 * max(nlist, 2 ** nbits):
-        logger.warning("ivfpq: %d vectors is few to train nlist=%d, 2**pq_nbits=%d (FAISS suggests 39 per "
-                       "centroid); recall may suffer, consider flat or hnsw", n, nlist, 2 ** nbits)
-    sample = vectors
-    if n > _MAX_TRAIN:
-        rng = np.random.default_rng(_SEED)
-        sample = vectors[np.sort(rng.choice(n, _MAX_TRAIN, replace=False))]
-    logger.info("training ivfpq (nlist=%d, m=%d, nbits=%d) on %d vectors", nlist, m, nbits, len(sample))
-    index.train(np.ascontiguousarray(sample))
+    ivf.cp.min_points_per_centroid = 1
+    centroids = max(nlist, 2 ** nbits) if config.index_type == "ivfpq" else nlist
+    if config.index_type == "ivfpq":
+        pq = faiss.downcast_index(ivf)
+        # Polysemous training only serves Hamming-distance filtering, which is never used here, and it
+        # was most of the training time.
+        pq.do_polysemous_training = False
+        pq.pq.cp.min_points_per_centroid = 1
+    sample = training_sample(vectors, config)
+    if len(sample) < 39 * centroids:
+        logger.warning("%s: %d training vectors is few for %d centroids (FAISS suggests 39 per centroid); "
+                       "recall may suffer, consider flat or hnsw", config.index_type, len(sample), centroids)
+    logger.info("training %s (%s) on %d vectors", config.index_type, factory_string(config), len(sample))
+    index.train(sample)
     return index
 
 
@@ -107,7 +129,7 @@ def apply_search_params(index: faiss.Index, config: IndexConfig) -> None:
     """Set the index's default search-time knobs (efSearch, nprobe) from ``config``."""
     if config.index_type == "hnsw":
         index.hnsw.efSearch = config.hnsw_ef_search
-    elif config.index_type == "ivfpq":
+    elif config.index_type in IVF_TYPES:
         faiss.extract_index_ivf(index).nprobe = config.nprobe
 
 
@@ -115,8 +137,15 @@ def search_params(config: IndexConfig, k: int) -> faiss.SearchParameters | None:
     """Per-call parameters: thread-safe, unlike changing the index; HNSW needs efSearch >= k."""
     if config.index_type == "hnsw":
         return faiss.SearchParametersHNSW(efSearch=max(config.hnsw_ef_search, k))
-    if config.index_type == "ivfpq":
-        return faiss.SearchParametersIVF(nprobe=config.nprobe)
+    if config.index_type in IVF_TYPES:
+        ivf = faiss.SearchParametersIVF(nprobe=config.nprobe)
+        if not config.opq:
+            return ivf
+        # The OPQ rotation wraps the IVF index; its parameters must be passed through the wrapper.
+        wrapper = faiss.SearchParametersPreTransform()
+        wrapper.index_params = ivf
+        wrapper._keep = ivf                     # the wrapper does not own its child: keep it alive
+        return wrapper
     return None
 
 
@@ -136,8 +165,14 @@ def read_faiss(path: str | Path, config: IndexConfig) -> faiss.Index:
         raise IndexLoadError(f"{path}: not a readable FAISS index ({first})") from e
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexLoadError(f"{path}: metric {index.metric_type} is not inner product")
-    expected = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivfpq": faiss.IndexIVFPQ}[config.index_type]
-    if not isinstance(index, expected):
+    expected = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivfflat": faiss.IndexIVFFlat,
+                "ivfpq": faiss.IndexIVFPQ}[config.index_type]
+    inner = index
+    if config.opq:
+        if not isinstance(index, faiss.IndexPreTransform):
+            raise IndexLoadError(f"{path}: holds a {type(index).__name__}, index_config.json says ivfpq with OPQ")
+        inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, expected):
         raise IndexLoadError(f"{path}: holds a {type(index).__name__}, index_config.json says {config.index_type!r}")
     apply_search_params(index, config)
     return index

@@ -288,17 +288,26 @@ def iter_corpus(path: str | Path) -> Iterator[Passage]:
     A ``.jsonl`` of ``id/_id, title, text``; a BEIR folder; or nq_oracle/DPR question files, whose
     gold (and hard-negative) contexts become the knowledge base.
     """
-    path = Path(path)
+    for _, passage in _iter_corpus(Path(path)):
+        yield passage
+
+
+def _iter_corpus(path: Path) -> Iterator[tuple[str, Passage]]:
+    """``(where, passage)``: ``where`` names the file and record, for errors found later (duplicates)."""
     if is_beir_dir(path):
-        yield from read_beir_corpus(path).values()
+        for passage in read_beir_corpus(path).values():
+            yield f"{path / 'corpus.jsonl'}: id {passage.pid!r}", passage
         return
     for where, record in _read_records(path):
-        if isinstance(record, dict) and ("gold_context" in record or "positive_ctxs" in record):
+        # A record with a question is a training record, even with a misspelt gold key: say that,
+        # rather than "missing key 'id'".
+        if isinstance(record, dict) and ("gold_context" in record or "positive_ctxs" in record
+                                         or "question" in record):
             example = parse_example(record, where)
-            yield from example.positives
-            yield from example.hard_negatives
+            for passage in (*example.positives, *example.hard_negatives):
+                yield where, passage
         else:
-            yield _corpus_record(record, where)
+            yield where, _corpus_record(record, where)
 
 
 def load_corpus(paths: str | Path | Sequence[str | Path]) -> list[Passage]:
@@ -311,13 +320,16 @@ def load_corpus(paths: str | Path | Sequence[str | Path]) -> list[Passage]:
     if not paths:
         raise DataError("no knowledge-base file given")
     seen: dict[str, Passage] = {}
+    first_at: dict[str, str] = {}
     for path in paths:
-        for passage in iter_corpus(path):
+        for where, passage in _iter_corpus(Path(path)):
             prior = seen.get(passage.pid)
             if prior is None:
                 seen[passage.pid] = passage
+                first_at[passage.pid] = where
             elif prior.text != passage.text:
-                raise DataError(f"{path}: duplicate passage id {passage.pid!r} with different text")
+                raise DataError(f"{where}: duplicate passage id {passage.pid!r} with different text "
+                                f"(first seen at {first_at[passage.pid]})")
     if not seen:
         raise DataError(f"{', '.join(map(str, paths))}: knowledge base is empty")
     logger.info("knowledge base: %d unique passages from %d file(s)", len(seen), len(paths))

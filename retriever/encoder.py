@@ -70,6 +70,10 @@ class DualEncoder(nn.Module):
         self.passage_model = passage_model
         self.tokenizer = tokenizer
         self._accepts_token_types = "token_type_ids" in inspect.signature(query_model.forward).parameters
+        # Set by retriever.quantize.quantize_encoder: "int8" towers are an inference-only view of the
+        # same fp32 weights, so the fingerprint is taken (and kept) before they are replaced.
+        self.quantization = "none"
+        self._weights_sha256: str | None = None
 
     # ------------------------------------------------------------------ construction and I/O
 
@@ -102,6 +106,8 @@ class DualEncoder(nn.Module):
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write weights (safetensors), tokenizer and ``encoder_config.json`` atomically."""
+        if self.quantization != "none":
+            raise ValueError(f"a {self.quantization}-quantized encoder is inference-only; save the fp32 model")
         with atomic_dir(path) as tmp:
             self.query_model.save_pretrained(tmp / QUERY_DIR, safe_serialization=True)
             if self.passage_model is not None:
@@ -118,10 +124,13 @@ class DualEncoder(nn.Module):
             "normalize": self.config.normalize,
             "weights_sha256": self.fingerprint(),
             "architecture": self.query_model.config.model_type,
+            "quantize": self.quantization,
         }
 
     def fingerprint(self) -> str:
         """SHA-256 over both towers' weights: identifies the exact model behind an index."""
+        if self._weights_sha256 is not None:
+            return self._weights_sha256
         h = hashlib.sha256()
         for prefix, model in (("q", self.query_model), ("p", self.passage_model)):
             if model is None:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from retriever.config import POOLINGS, SIMILARITIES, check_config_keys, read_json
+from retriever.data import is_beir_dir
 
 HardNegatives = Literal["none", "model", "bm25", "file"]
 HARD_NEGATIVE_SOURCES = ("none", "model", "bm25", "file")
@@ -43,10 +45,17 @@ class TrainConfig:
     skip_answer_negatives: bool = True
     mine_depth: int = 100                  # how deep to look for negatives past the filtered passages
     val_k: int = 5
+    # Checkpoint selection: "auto" = nDCG@10 on a BEIR folder (graded, several relevant passages per
+    # query), else Recall@val_k (DPR top-k accuracy, one gold passage); or name one: recall@K, mrr@10, ndcg@10.
+    select_metric: str = "auto"
     eval_ks: tuple[int, ...] = (1, 5, 10, 20, 100)
     eval_batch_size: int = 64
     seed: int = 42
     device: str = "auto"
+    # Texts per forward pass with gradient caching (0 = off): bounds activation memory, same gradient.
+    grad_cache_chunk: int = 0
+    # Optimiser steps between resume checkpoints in <out>/resume (also written at each epoch end).
+    checkpoint_every: int = 50
     # Encoder options for a fresh model (None = EncoderConfig defaults); a saved model keeps its own.
     pooling: str | None = None
     similarity: str | None = None
@@ -57,7 +66,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kb", tuple(str(p) for p in self.kb))
-        object.__setattr__(self, "eval_ks", tuple(sorted({int(k) for k in self.eval_ks} | {self.val_k})))
+        selected = re.fullmatch(r"recall@(\d+)", self.select_metric)
+        extra = {int(selected.group(1))} if selected else set()
+        object.__setattr__(self, "eval_ks", tuple(sorted({int(k) for k in self.eval_ks} | {self.val_k} | extra)))
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 2, f"batch_size must be >= 2 (in-batch negatives), got {self.batch_size}"),
@@ -71,6 +82,10 @@ class TrainConfig:
             (self.remine_every >= 0, f"remine_every must be >= 0, got {self.remine_every}"),
             (self.mine_depth >= 1, f"mine_depth must be >= 1, got {self.mine_depth}"),
             (self.val_k >= 1 and min(self.eval_ks) >= 1, f"k values must be >= 1, got {self.val_k}, {self.eval_ks}"),
+            (self.select_metric in ("auto", "mrr@10", "ndcg@10") or re.fullmatch(r"recall@[1-9]\d*", self.select_metric),
+             f"select_metric must be auto, recall@K, mrr@10 or ndcg@10, got {self.select_metric!r}"),
+            (self.grad_cache_chunk >= 0, f"grad_cache_chunk must be >= 0, got {self.grad_cache_chunk}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
             (self.pooling in (None, *POOLINGS), f"pooling must be one of {POOLINGS}, got {self.pooling!r}"),
             (self.similarity in (None, *SIMILARITIES),
@@ -86,7 +101,10 @@ class TrainConfig:
 
     @property
     def val_metric(self) -> str:
-        return f"recall@{self.val_k}"
+        """The validation metric that picks the checkpoint kept."""
+        if self.select_metric != "auto":
+            return self.select_metric
+        return "ndcg@10" if is_beir_dir(self.val) else f"recall@{self.val_k}"
 
     def encoder_overrides(self) -> dict[str, Any]:
         """The encoder options given explicitly (the rest come from the base or saved model)."""

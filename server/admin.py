@@ -49,10 +49,11 @@ def reload_engine(holder: EngineHolder, settings: Settings, metrics: Metrics, bo
         model_dir = body.model_dir or settings.model_dir
         previous = current.summary() if current else None
         try:
-            engine = load_engine(index_dir, model_dir, reuse=current, cache_size=settings.encode_cache_size)
+            engine = load_engine(index_dir, model_dir, reuse=current, cache_size=settings.encode_cache_size,
+                                 quantize=settings.quantize)
         except ManifestMismatch as e:
             raise APIError(409, "reload refused: the model does not match the index", str(e)) from None
-        except (IndexLoadError, EngineLoadError, FileNotFoundError) as e:
+        except (IndexLoadError, EngineLoadError, OSError) as e:    # OSError: e.g. a path too long to stat
             raise APIError(422, "reload failed: cannot load the index or its model", str(e)) from None
         except Exception as e:
             logger.exception("reload of %s failed", index_dir)
@@ -68,7 +69,12 @@ def reload_engine(holder: EngineHolder, settings: Settings, metrics: Metrics, bo
         holder.reload_lock.release()
 
 
-@router.post("/reload", dependencies=[Depends(require_admin)],
+# The body is parsed by read_json (optional), so it is declared for the docs and the fuzzer by hand.
+_RELOAD_BODY = {"requestBody": {"required": False, "content": {
+    "application/json": {"schema": ReloadRequest.model_json_schema()}}}}
+
+
+@router.post("/reload", dependencies=[Depends(require_admin)], openapi_extra=_RELOAD_BODY,
              responses={code: {"model": ErrorResponse} for code in (401, 403, 409, 422, 500)})
 async def reload(request: Request, holder: HolderDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
     """Body (optional): ``{"index_dir": ..., "model_dir": ...}``; default: the served dir, rebuilt."""

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server import admin, routes
+from server.batcher import MicroBatcher
 from server.engine import EngineHolder, load_engine
 from server.errors import install_error_handlers
 from server.limits import BodyLimitMiddleware
@@ -26,13 +27,20 @@ PAGE = Path(__file__).parent / "static" / "index.html"
 
 
 def configure_torch(threads: int) -> None:
-    """Intra-op threads for encoding; one inter-op thread, as a BERT forward has no parallel branches."""
+    """Intra-op threads for encoding; one inter-op thread, as a BERT forward has no parallel branches.
+
+    FAISS's OpenMP pool gets the same count: requests (or micro-batches) already run ``search_workers``
+    at a time, one per core, and a second layer of threads per search would only oversubscribe.
+    """
+    import faiss
+
     torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass  # already fixed by earlier torch work in this process (tests); harmless
-    logger.info("torch: %d intra-op thread(s)", threads)
+    logger.info("torch and FAISS: %d intra-op thread(s) per search", threads)
 
 
 @asynccontextmanager
@@ -44,7 +52,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise ValueError("no index to serve: pass --index DIR or set DPR_INDEX_DIR")
         configure_torch(settings.torch_threads)
         engine = await anyio.to_thread.run_sync(
-            lambda: load_engine(settings.index_dir, settings.model_dir, cache_size=settings.encode_cache_size))
+            lambda: load_engine(settings.index_dir, settings.model_dir, cache_size=settings.encode_cache_size,
+                                quantize=settings.quantize))
     except Exception as e:
         # Kept for `dpr serve`, which turns it into one clear line and a non-zero exit.
         app.state.startup_error = e
@@ -52,9 +61,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     app.state.holder.swap(engine)
     app.state.metrics.index_size.set(len(engine))
+    if settings.microbatch:
+        # Created here, not in create_app: its queue and collector task belong to the serving event loop.
+        app.state.batcher = MicroBatcher(settings, workers=settings.resolved_search_workers(),
+                                         limiter=app.state.search_limiter)
+        app.state.batcher.start()
     try:
         yield
     finally:
+        if app.state.batcher is not None:
+            await app.state.batcher.stop()
+            app.state.batcher = None
         app.state.holder.swap(None)
 
 
@@ -68,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.page_html = PAGE.read_text(encoding="utf-8")
     app.state.search_limiter = anyio.CapacityLimiter(settings.resolved_search_workers())
     app.state.startup_error = None
+    app.state.batcher = None
     install_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(admin.router)

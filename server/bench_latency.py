@@ -28,10 +28,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-def start_server(index: str, port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(index: str, port: int, extra: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``dpr serve`` as a subprocess; ``env`` adds variables (e.g. ``DPR_ENCODE_CACHE_SIZE``)."""
     cmd = [sys.executable, "-m", "driver.main", "serve", "--index", index, "--port", str(port), "--no-access-log",
            *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(env or {})}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -115,24 +115,33 @@ class Engine:
         return self.index.bm25 is not None
 
     def search(self, queries: Sequence[str], k: int, mode: str = "dense", method: str = "interp",
-               alpha: float = 0.5, rrf_k: int = RRF_K, depth: int = HYBRID_DEPTH) -> list[list[dict[str, Any]]]:
+               alpha: float = 0.5, rrf_k: int = RRF_K, depth: int = HYBRID_DEPTH, *,
+               query_emb: np.ndarray | None = None,
+               timings: dict[str, float] | None = None) -> list[list[dict[str, Any]]]:
         """For each query, up to ``k`` hits ``{id, title, text, score, rank}``, best first.
 
         ``mode``: ``dense`` (the encoder), ``bm25`` or ``hybrid`` (both fused by ``method``, see
         :meth:`SearchIndex.hybrid_search`); the last two need an index built with BM25.
+        ``query_emb``: embeddings of ``queries`` already computed (the micro-batcher encodes a whole
+        batch at once). ``timings``, if given, receives ``encode_ms``, ``search_ms`` and ``fetch_ms``.
         """
+        t0 = time.perf_counter()
+        if mode != "bm25" and query_emb is None:
+            query_emb = self.encode(queries)
+        t1 = time.perf_counter()
         if mode == "dense":
-            scores, rows = self.index.search(self.encode(queries), k)      # [n, k'], [n, k']
+            scores, rows = self.index.search(query_emb, k)                 # [n, k'], [n, k']
             # FAISS pads short lists with -1
             ranked = [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if r >= 0]
                       for q_scores, q_rows in zip(scores, rows, strict=True)]
         elif mode == "bm25":
             ranked = self.index.bm25_search(queries, k)
         elif mode == "hybrid":
-            ranked = self.index.hybrid_search(self.encode(queries), queries, k, method=method, alpha=alpha,
+            ranked = self.index.hybrid_search(query_emb, queries, k, method=method, alpha=alpha,
                                               rrf_k=rrf_k, depth=depth)
         else:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+        t2 = time.perf_counter()
         results = []
         for hits in ranked:
             passages = self.index.passages([r for r, _ in hits])
@@ -140,6 +149,9 @@ class Engine:
                 {"id": p.pid, "title": p.title, "text": p.text, "score": s, "rank": rank}
                 for rank, (p, (_, s)) in enumerate(zip(passages, hits, strict=True), start=1)
             ])
+        if timings is not None:
+            timings.update(encode_ms=1000 * (t1 - t0), search_ms=1000 * (t2 - t1),
+                           fetch_ms=1000 * (time.perf_counter() - t2))
         return results
 
     def passage(self, pid: str) -> Passage | None:
@@ -198,18 +210,23 @@ class EngineHolder:
 
 
 def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: Engine | None = None,
-                cache_size: int = 1024) -> Engine:
+                cache_size: int = 1024, quantize: str = "none") -> Engine:
     """Open ``index_dir`` and the model it was built with (or ``model_dir``), refusing a mismatch.
 
     ``reuse``: an engine whose encoder is kept when it is the model asked for (a reload of a newer
-    build from the same model does not load the weights again).
+    build from the same model does not load the weights again). ``quantize``: "int8" encodes
+    queries with :func:`retriever.quantize.quantize_encoder` (an index embedded at another precision
+    is served with a warning, not refused: same weights).
     """
+    from retriever.quantize import check_mode, quantization_mismatch, quantize_encoder
+
+    check_mode(quantize)
     index = SearchIndex.open(index_dir)
     try:
         ref = model_ref(model_dir) if model_dir else index.model_dir
         if not ref:
             raise EngineLoadError(f"{Path(index_dir) / 'manifest.json'}: records no model_dir; pass --model")
-        if reuse is not None and reuse.model_dir == ref:
+        if reuse is not None and reuse.model_dir == ref and reuse.encoder.quantization == quantize:
             encoder = reuse.encoder
         else:
             logger.info("loading model %s", ref)
@@ -217,10 +234,14 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
                 encoder = load_encoder(ref)
             except (OSError, ValueError) as e:
                 raise EngineLoadError(f"cannot load model {ref!r} for index {index_dir}: {e}") from e
+            quantize_encoder(encoder, quantize)
         try:
             check_encoder(index.manifest, encoder)
         except ManifestMismatch as e:
             raise ManifestMismatch(f"{index_dir} with model {ref}: {e}", getattr(e, "differences", None)) from None
+        warning = quantization_mismatch(index.manifest["model"].get("quantize"), quantize)
+        if warning:
+            logger.warning("%s: %s", index_dir, warning)
     except BaseException:
         index.close()
         raise

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from starlette.responses import Response
 
+from server.batcher import server_timing
 from server.deps import EngineDep, HolderDep, MetricsDep, SettingsDep, json_response
 from server.engine import Engine
 from server.errors import APIError
@@ -36,9 +37,10 @@ def _body_doc(model: type) -> dict:
 
 
 async def _search(request: Request, engine: Engine, queries: list[str], k: int, mode: str,
-                  settings: Settings) -> list[list[dict]]:
+                  settings: Settings, timings: dict[str, float] | None = None) -> list[list[dict]]:
     search = partial(engine.search, queries, k, mode=mode, method=settings.hybrid_method,
-                     alpha=settings.hybrid_alpha, rrf_k=settings.hybrid_rrf_k, depth=settings.hybrid_depth)
+                     alpha=settings.hybrid_alpha, rrf_k=settings.hybrid_rrf_k, depth=settings.hybrid_depth,
+                     timings=timings)
     # A capacity limiter, not the 40-thread default pool: more concurrent encodes than cores only
     # thrash torch's thread pools and make every request slower.
     return await anyio.to_thread.run_sync(search, limiter=request.app.state.search_limiter)
@@ -51,10 +53,18 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep, met
     check_k(body.k, settings)
     query = check_query(body.query, settings)
     mode = resolve_mode(body.mode, engine.has_bm25, settings)
-    (hits,) = await _search(request, engine, [query], body.k, mode, settings)
+    batcher = request.app.state.batcher
+    if batcher is not None:
+        hits, timings = await batcher.search(engine, query, body.k, mode)
+    else:
+        timings = {}
+        (hits,) = await _search(request, engine, [query], body.k, mode, settings, timings)
     metrics.queries.inc()
     took_ms = round((time.perf_counter() - start) * 1000, 3)
-    return json_response({"query": body.query, "k": body.k, "mode": mode, "results": hits, "took_ms": took_ms})
+    # Server-Timing: where the time went (queue / encode / search / fetch), for `dpr bench speed`.
+    response = json_response({"query": body.query, "k": body.k, "mode": mode, "results": hits, "took_ms": took_ms})
+    response.headers["Server-Timing"] = server_timing({**timings, "total_ms": took_ms})
+    return response
 
 
 @router.post("/search/batch", responses={200: {"model": list[SearchResponse]}, **_ERRORS},

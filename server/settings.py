@@ -39,7 +39,20 @@ class Settings(BaseSettings):
     # with 2). Concurrency comes from search_workers instead: one request per core.
     torch_threads: int = Field(1, ge=1)
     # Searches encoding at once; None: cores // torch_threads, so the two never oversubscribe the CPU.
+    # FAISS's OpenMP threads follow torch_threads (server/app.py). One uvicorn worker process: the
+    # model is loaded once and all requests share one micro-batching queue; the cores are used by
+    # these worker threads, not by more processes.
     search_workers: int | None = Field(None, ge=1)
+
+    # "int8": queries are encoded by a dynamically quantised encoder (retriever/quantize.py); faster
+    # on CPU, same weights. An index embedded at another precision is served with a warning.
+    quantize: Literal["none", "int8"] = "none"
+    # Micro-batching (server/batcher.py): concurrent /search requests are queued for up to
+    # microbatch_max_wait_ms and encoded + searched together, at most microbatch_max_size at once.
+    # Default numbers: README "Speed benchmark" (`dpr bench speed`).
+    microbatch: bool = True
+    microbatch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    microbatch_max_size: int = Field(32, ge=1, le=1024)
 
     # Search mode when a request names none (an index without bm25/ always falls back to dense), and
     # the fusion behind mode "hybrid". Measured by `dpr bench recall` on nq_oracle (2026-11-25, README

@@ -131,6 +131,18 @@ def test_config_validation_and_beir_split_choice(tmp_path: Path) -> None:
     assert pick_val_split(tmp_path, None) == "dev" and pick_val_split(tmp_path, "train") == "train"
 
 
+def test_selection_metric_follows_the_data_unless_named(tmp_path: Path) -> None:
+    assert TrainConfig(train="t", val="v.json", out="o", val_k=3).val_metric == "recall@3"
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text("")
+    (tmp_path / "queries.jsonl").write_text("")
+    assert TrainConfig(train="t", val=str(tmp_path), out="o").val_metric == "ndcg@10"
+    named = TrainConfig(train="t", val=str(tmp_path), out="o", select_metric="recall@50")
+    assert named.val_metric == "recall@50" and 50 in named.eval_ks
+    with pytest.raises(ValueError, match="select_metric"):
+        TrainConfig(train="t", val="v", out="o", select_metric="ndcg@3")
+
+
 def test_small_nq_fixture_is_what_the_tests_assume(small_nq: tuple[Path, Path]) -> None:
     assert (len(load_examples(small_nq[0])), len(load_examples(small_nq[1]))) == (24, 16)
 
