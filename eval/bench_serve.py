@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from eval.serve_proc import free_port, rss_bytes
 from server.batcher import parse_server_timing
 from server.bench_latency import start_server, wait_ready
 
@@ -26,20 +26,9 @@ logger = logging.getLogger(__name__)
 PHASES = ("queue", "encode", "search", "fetch", "total")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    rss = rss_bytes(pid)
+    return None if rss is None else round(rss / 2**20, 1)
 
 
 @contextmanager

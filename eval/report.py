@@ -1,7 +1,6 @@
 """What an evaluation report records besides the numbers: data hashes and library versions."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 from collections.abc import Iterable
@@ -9,20 +8,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from indexer.manifest import file_sha256
 from retriever.config import write_json
 
 logger = logging.getLogger(__name__)
 
 # Distribution names (faiss ships as faiss-cpu or faiss-gpu).
 LIBRARIES = ("torch", "transformers", "faiss-cpu", "faiss-gpu", "numpy", "bm25s", "tokenizers")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_paths(paths: Iterable[str | Path]) -> dict[str, str]:
@@ -32,7 +24,7 @@ def hash_paths(paths: Iterable[str | Path]) -> dict[str, str]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) \
             if path.is_dir() else [path]
         for file in files:
-            out[str(file)] = sha256_file(file)
+            out[str(file)] = file_sha256(file)
     return out
 
 

@@ -56,3 +56,20 @@ def small_nq(tmp_path: Path) -> tuple[Path, Path]:
     train.write_text(json.dumps(_sample(DEMO_DATA / "nq-oracle-train.json", 24)))
     val.write_text(json.dumps(_sample(DEMO_DATA / "nq-oracle-val.json", 16)))
     return train, val
+
+
+@pytest.fixture()
+def index_without_bm25(tmp_path: Path):
+    """Copy an index as one built before BM25 existed: no ``bm25/``, no ``bm25`` manifest entry."""
+    import shutil
+
+    def copy(index_dir: Path, name: str = "old") -> Path:
+        old = tmp_path / name
+        shutil.copytree(index_dir, old)
+        shutil.rmtree(old / "bm25")
+        manifest = json.loads((old / "manifest.json").read_text())
+        del manifest["bm25"]
+        (old / "manifest.json").write_text(json.dumps(manifest))
+        return old
+
+    return copy

@@ -65,13 +65,8 @@ def test_tampered_or_missing_bm25_files_are_refused(built: Path, tmp_path: Path)
         SearchIndex.open(copy, verify=False)
 
 
-def test_index_without_bm25_still_opens_dense_only(built: Path, tmp_path: Path) -> None:
-    old = tmp_path / "old"
-    shutil.copytree(built, old)
-    shutil.rmtree(old / "bm25")
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["bm25"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
+def test_index_without_bm25_still_opens_dense_only(built: Path, index_without_bm25) -> None:
+    old = index_without_bm25(built)
     with SearchIndex.open(old) as index:
         assert index.bm25 is None and index.summary()["bm25"] is False and len(index) == 80
         with pytest.raises(IndexLoadError, match="has no BM25 index"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from eval.serve_proc import free_port
 from retriever.batching import Batch
 from retriever.data import Passage
 from retriever.distributed import gather_rows, shard_batch, split_sizes
@@ -60,16 +60,10 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_step_like_one_process(tiny_base: Path, small_nq: tuple[Path, Path], tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = str(_free_port())
+    port = str(free_port())
     base_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": port}
     procs = []

@@ -1,8 +1,6 @@
 """Search modes through the API: dense, bm25 and hybrid; validation; dense-only indexes; defaults."""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -83,13 +81,8 @@ def test_default_mode_comes_from_settings(index_a: Path) -> None:
             assert c.post("/search", json={"query": "river"}).json()["mode"] == default
 
 
-def test_index_without_bm25_serves_dense_and_refuses_the_rest(index_a: Path, tmp_path: Path) -> None:
-    old = tmp_path / "old"
-    shutil.copytree(index_a, old)
-    shutil.rmtree(old / "bm25")
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["bm25"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
+def test_index_without_bm25_serves_dense_and_refuses_the_rest(index_a: Path, index_without_bm25) -> None:
+    old = index_without_bm25(index_a)
     with TestClient(_app(old, default_mode="hybrid")) as c:
         r = c.post("/search", json={"query": "river"})
         assert r.status_code == 200 and r.json()["mode"] == "dense"   # the default falls back
