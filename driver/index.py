@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads for encoding (default: torch's choice; 1 can win on a busy CPU)")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none",
                         help="embed with an int8 dynamically quantised encoder (faster on CPU; recorded in the manifest)")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="run the encoder on torch or ONNX Runtime (fused layers; with --quantize int8 the "
+                             "fastest CPU path, README 'Speed benchmark')")
     parser.add_argument("--no-bm25", action="store_true",
                         help="do not build the BM25 index beside the dense one (bm25/hybrid search then unavailable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -126,10 +129,10 @@ def run(args: argparse.Namespace) -> int:
     spec = ShardSpec.parse(args.shard) if args.shard is not None else None
     chunk = args.chunk_size or DEFAULT_CHUNK
     encoder = load_encoder(args.model)
-    if args.quantize != "none":
-        from retriever.quantize import quantize_encoder
+    if args.quantize != "none" or args.runtime != "torch":
+        from retriever.runtime import prepare_encoder
 
-        quantize_encoder(encoder, args.quantize)
+        prepare_encoder(encoder, args.runtime, args.quantize)
     if spec is not None:
         stats = embed_shard(encoder, args.kb, args.out, spec, model_dir=model_ref(args.model), dtype=args.dtype,
                             chunk_size=chunk, batch_size=args.batch_size, progress=not args.no_progress)

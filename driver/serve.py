@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dense weight of hybrid score interpolation (default 0.8, or $DPR_HYBRID_ALPHA)")
     parser.add_argument("--quantize", choices=("none", "int8"),
                         help="encode queries with an int8 dynamically quantised encoder (default none, or $DPR_QUANTIZE)")
+    parser.add_argument("--runtime", choices=("torch", "onnx"),
+                        help="run the query encoder on torch or ONNX Runtime (default torch, or $DPR_RUNTIME)")
     parser.add_argument("--microbatch", action=argparse.BooleanOptionalAction, default=None,
                         help="batch concurrent /search requests (default on, or $DPR_MICROBATCH)")
     parser.add_argument("--microbatch-max-wait-ms", type=float,
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     flags = {"index_dir": args.index, "model_dir": args.model, "host": args.host, "port": args.port,
              "torch_threads": args.torch_threads, "default_mode": args.default_mode,
-             "hybrid_alpha": args.hybrid_alpha, "quantize": args.quantize, "microbatch": args.microbatch,
+             "hybrid_alpha": args.hybrid_alpha, "quantize": args.quantize, "runtime": args.runtime, "microbatch": args.microbatch,
              "microbatch_max_wait_ms": args.microbatch_max_wait_ms, "microbatch_max_size": args.microbatch_max_size}
     settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     if settings.index_dir is None:

@@ -4,7 +4,9 @@ Rows (same weights, max length, batch size and torch threads; same passages):
 
 - ``indexer``: :meth:`DualEncoder.encode_passages` (all passages tokenised at once, length-sorted
   batches so each pads only to its own longest member, ``inference_mode``), what ``dpr index`` runs;
-- ``indexer int8``: the same with :func:`retriever.quantize.quantize_encoder` applied;
+- ``indexer int8``: the same with torch dynamic int8 (:mod:`retriever.quantize`);
+- ``indexer onnx`` / ``indexer onnx int8``: the same on ONNX Runtime, fp32 and dynamic int8
+  (:mod:`retriever.onnx_runtime`); ``dpr index --runtime onnx [--quantize int8]``;
 - ``naive``: batches in file order, each padded to its longest member, autograd on (no no_grad);
 - ``sentence-transformers``: ``SentenceTransformer(path).encode`` (optional ``.[bench]`` extra).
 
@@ -130,6 +132,18 @@ def sentence_transformers_encoder(model_path: str, max_length: int) -> Callable[
     return encode
 
 
+VARIANTS = (("torch", "int8"), ("onnx", "none"), ("onnx", "int8"))
+VARIANT_NOTES = {
+    ("torch", "int8"): "torch dynamic int8 nn.Linear (retriever/quantize.py)",
+    ("onnx", "none"): "ONNX Runtime, fused layers, fp32 (retriever/onnx_runtime.py)",
+    ("onnx", "int8"): "ONNX Runtime, fused layers, dynamic int8 (retriever/onnx_runtime.py)",
+}
+
+
+def variant_name(runtime: str, quantize: str) -> str:
+    return "indexer " + " ".join(x for x in ("onnx" if runtime == "onnx" else "", "int8" if quantize == "int8" else "") if x)
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -137,13 +151,16 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_encoding(model: str, passages: Sequence[Passage], batch_size: int = 64, repeats: int = 1,
-                 sentence_transformers: bool = True, int8: bool = True, naive: bool = True) -> dict[str, Any]:
+                 sentence_transformers: bool = True, variants: Sequence[tuple[str, str]] = VARIANTS,
+                 naive: bool = True) -> dict[str, Any]:
     """Encode ``passages`` every way in this process; rows with passages/s, FLOP share and ratios.
 
-    The ways take turns (``repeats`` rounds of one pass each, best pass kept), so a change in the
-    machine's load during the run hits every row alike instead of whichever ran at that moment.
+    ``variants``: (runtime, quantize) pairs run besides the fp32 torch indexer, see
+    :func:`retriever.runtime.prepare_encoder`. The ways take turns (``repeats`` rounds of one pass
+    each, best pass kept), so a change in the machine's load during the run hits every row alike
+    instead of whichever ran at that moment.
     """
-    from retriever.quantize import quantize_encoder
+    from retriever.runtime import prepare_encoder
 
     encoder = load_encoder(model)
     max_length = encoder.config.passage_max_length
@@ -165,14 +182,15 @@ def run_encoding(model: str, passages: Sequence[Passage], batch_size: int = 64, 
             st = sentence_transformers_encoder(resolve_model_path(model), max_length)
             ways["sentence-transformers"] = ((lambda: st(passages, batch_size)) if st is not None else None,
                                              "SentenceTransformer.encode" if st is not None else ST_MISSING)
-    if int8:
-        int8_encoder = quantize_encoder(load_encoder(model), "int8")
-        ways["indexer int8"] = (lambda: int8_encoder.encode_passages(passages, batch_size=batch_size),
-                                "dynamic int8 nn.Linear (retriever/quantize.py)")
+    others = []
+    for runtime, quantize in variants:
+        other = prepare_encoder(load_encoder(model), runtime, quantize)
+        others.append(other)
+        ways[variant_name(runtime, quantize)] = (
+            (lambda e=other: e.encode_passages(passages, batch_size=batch_size)), VARIANT_NOTES[runtime, quantize])
     warm = passages[:batch_size]
-    encoder.encode_passages(warm, batch_size=batch_size)                   # thread pool, allocator
-    if int8:
-        int8_encoder.encode_passages(warm, batch_size=batch_size)
+    for e in (encoder, *others):                                            # thread pools, allocator
+        e.encode_passages(warm, batch_size=batch_size)
     if sentence_transformers and ways["sentence-transformers"][0] is not None:
         st(warm, batch_size)
     best: dict[str, float] = {}

@@ -1,9 +1,10 @@
 """What int8 costs in recall and buys in speed on nq_oracle: fp32 and int8 encodings of the same data.
 
 The oracle knowledge base (gold passages of train + val, 1471 passages) and the val questions are
-encoded once with fp32 and once with int8 (:func:`retriever.quantize.quantize_encoder`); Recall@k
-is computed (eval.metrics) for all four pairings of query and passage precision, so the table also
-answers "may an int8 index be served with fp32 queries?" (and the reverse).
+encoded once with fp32 torch and once per int8 runtime (torch dynamic int8, ONNX Runtime dynamic
+int8: :func:`retriever.runtime.prepare_encoder`); Recall@k is computed (eval.metrics) for every
+pairing of fp32 with each int8, so the table also answers "may an int8 index be served with fp32
+queries?" (and the reverse).
 """
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ def _run(q: np.ndarray, p: np.ndarray, qids: Sequence[str], pids: Sequence[str],
 
 
 def int8_recall(model: str, train: str | Path, val: str | Path, batch_size: int = 64,
-                limit: int | None = None, ks: Sequence[int] = KS) -> dict[str, Any]:
+                limit: int | None = None, ks: Sequence[int] = KS,
+                runtimes: Sequence[str] = ("torch", "onnx")) -> dict[str, Any]:
     """Recall@k (and MRR@10) of fp32 vs int8 on ``val``'s questions over the oracle KB of ``train`` + ``val``.
 
     ``limit``: use only the first ``limit`` val questions and their KB share (a quick run).
+    ``runtimes``: the int8 runtimes compared with the fp32 torch encoder ("int8 torch", "int8 onnx").
     """
-    from retriever.quantize import quantize_encoder
+    from retriever.runtime import prepare_encoder
 
     train_ex, val_ex = load_examples(train), load_examples(val)
     if limit is not None:
@@ -46,12 +49,12 @@ def int8_recall(model: str, train: str | Path, val: str | Path, batch_size: int 
     qids = [ex.qid for ex in val_ex]
     questions = [ex.question for ex in val_ex]
     qrels = {ex.qid: {p.pid: 1 for p in ex.positives} for ex in val_ex}
-    encoder = load_encoder(model)
     vectors: dict[str, dict[str, np.ndarray]] = {}
     seconds: dict[str, dict[str, float]] = {}
-    for precision in ("fp32", "int8"):
-        if precision == "int8":
-            quantize_encoder(encoder, "int8")
+    for precision in ("fp32", *(f"int8 {rt}" for rt in runtimes)):
+        encoder = load_encoder(model)
+        if precision != "fp32":
+            prepare_encoder(encoder, precision.split()[1], "int8")
         encoder.encode_passages(passages[:batch_size], batch_size=batch_size)      # warm-up
         t0 = time.perf_counter()
         p = encoder.encode_passages(passages, batch_size=batch_size)
@@ -64,7 +67,10 @@ def int8_recall(model: str, train: str | Path, val: str | Path, batch_size: int 
                     len(questions), t2 - t1)
     depth = max(max(ks), 10)
     rows = []
-    for qp, pp in (("fp32", "fp32"), ("int8", "int8"), ("int8", "fp32"), ("fp32", "int8")):
+    pairs = [("fp32", "fp32")]
+    for rt in runtimes:
+        pairs += [(f"int8 {rt}", f"int8 {rt}"), (f"int8 {rt}", "fp32"), ("fp32", f"int8 {rt}")]
+    for qp, pp in pairs:
         run = _run(vectors[qp]["q"], vectors[pp]["p"], qids, pids, depth)
         row: dict[str, Any] = {"queries": qp, "passages": pp}
         row.update({f"recall@{k}": round(100 * recall_at_k(qrels, run, k), 2) for k in ks})
@@ -73,11 +79,16 @@ def int8_recall(model: str, train: str | Path, val: str | Path, batch_size: int 
     base = rows[0]
     for row in rows:
         row.update({f"delta@{k}": round(row[f"recall@{k}"] - base[f"recall@{k}"], 2) for k in ks})
-    cos = {side: float(np.mean(np.sum(vectors["fp32"][side] * vectors["int8"][side], axis=1))) for side in ("p", "q")}
-    speed = {side: round(seconds["fp32"][side] / seconds["int8"][side], 2) for side in ("passages", "queries")}
+    cosine, speedup = {}, {}
+    for rt in runtimes:
+        int8 = vectors[f"int8 {rt}"]
+        cosine[rt] = {side: round(float(np.mean(np.sum(vectors["fp32"][key] * int8[key], axis=1))), 4)
+                      for side, key in (("passages", "p"), ("queries", "q"))}
+        speedup[rt] = {side: round(seconds["fp32"][side] / seconds[f"int8 {rt}"][side], 2)
+                       for side in ("passages", "queries")}
     return {
         "model": model, "passages": len(passages), "questions": len(questions), "batch_size": batch_size,
-        "rows": rows, "cosine_int8_vs_fp32": {"passages": round(cos["p"], 4), "queries": round(cos["q"], 4)},
+        "rows": rows, "cosine_int8_vs_fp32": cosine,
         "seconds": {k: {s: round(v, 2) for s, v in d.items()} for k, d in seconds.items()},
-        "int8_speedup": speed,
+        "int8_speedup": speedup,
     }

@@ -2,13 +2,17 @@
 
 Sections (``--sections``, all by default), each side by side in one run so ratios are fair:
 
-- ``encode``: passages/s of the indexer's path vs a naive loop, sentence-transformers and int8, with
-  the share of the machine's fp32 matmul rate (:mod:`eval.bench_encode`);
-- ``int8``: Recall@k of fp32 vs int8 encodings on nq_oracle val (:mod:`eval.bench_quantize`);
+- ``encode``: passages/s of the indexer's path vs a naive loop, sentence-transformers, torch int8 and
+  ONNX Runtime fp32/int8, with the share of the machine's fp32 matmul rate (:mod:`eval.bench_encode`);
+- ``int8``: Recall@k of fp32 vs int8 (torch and ONNX Runtime) encodings on nq_oracle val
+  (:mod:`eval.bench_quantize`);
 - ``latency``: sequential single-query HTTP latency p50/p95/p99, split into queue / encode / search /
   fetch by the server's ``Server-Timing`` header, for the real knowledge base and for synthetic
   indexes (flat / HNSW / IVF-PQ, 1M vectors by default) with ANN recall@10 vs exact, size and build time;
 - ``throughput``: q/s and latency at concurrency 1, 8, 32 over loopback, micro-batching on and off.
+
+The server is ``dpr serve`` with its defaults; ``--serve-arg=--runtime --serve-arg=onnx`` (and
+``--serve-arg=--quantize --serve-arg=int8``) measures the ONNX Runtime query encoder.
 
 Writes ``speed.json`` and ``speed.md`` into ``--out``. ``--quick`` is a small run (minutes).
 """

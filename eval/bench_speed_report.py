@@ -30,10 +30,11 @@ def _encode(e: dict[str, Any]) -> list[str]:
 
 def _int8(q: dict[str, Any]) -> list[str]:
     ks = [key.split("@")[1] for key in q["rows"][0] if key.startswith("recall@")]
-    lines = [f"### int8 vs fp32 ({q['questions']} questions, {q['passages']} passages): encoding speedup "
-             f"passages {q['int8_speedup']['passages']}x, queries {q['int8_speedup']['queries']}x; mean cosine "
-             f"int8 vs fp32: passages {q['cosine_int8_vs_fp32']['passages']}, queries "
-             f"{q['cosine_int8_vs_fp32']['queries']}", ""]
+    per_runtime = "; ".join(
+        f"int8 {rt}: speedup passages {sp['passages']}x, queries {sp['queries']}x, mean cosine to fp32 passages "
+        f"{q['cosine_int8_vs_fp32'][rt]['passages']}, queries {q['cosine_int8_vs_fp32'][rt]['queries']}"
+        for rt, sp in q["int8_speedup"].items())
+    lines = [f"### int8 vs fp32 torch ({q['questions']} questions, {q['passages']} passages): {per_runtime}", ""]
     rows = [[r["queries"], r["passages"], *(r[f"recall@{k}"] for k in ks), r["mrr@10"],
              *(r[f"delta@{k}"] for k in ks)] for r in q["rows"]]
     return lines + _table(["queries", "passages", *(f"R@{k}" for k in ks), "MRR@10", *(f"ΔR@{k}" for k in ks)], rows)

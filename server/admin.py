@@ -50,7 +50,7 @@ def reload_engine(holder: EngineHolder, settings: Settings, metrics: Metrics, bo
         previous = current.summary() if current else None
         try:
             engine = load_engine(index_dir, model_dir, reuse=current, cache_size=settings.encode_cache_size,
-                                 quantize=settings.quantize)
+                                 quantize=settings.quantize, runtime=settings.runtime)
         except ManifestMismatch as e:
             raise APIError(409, "reload refused: the model does not match the index", str(e)) from None
         except (IndexLoadError, EngineLoadError, OSError) as e:    # OSError: e.g. a path too long to stat

@@ -210,23 +210,26 @@ class EngineHolder:
 
 
 def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: Engine | None = None,
-                cache_size: int = 1024, quantize: str = "none") -> Engine:
+                cache_size: int = 1024, quantize: str = "none", runtime: str = "torch") -> Engine:
     """Open ``index_dir`` and the model it was built with (or ``model_dir``), refusing a mismatch.
 
     ``reuse``: an engine whose encoder is kept when it is the model asked for (a reload of a newer
-    build from the same model does not load the weights again). ``quantize``: "int8" encodes
-    queries with :func:`retriever.quantize.quantize_encoder` (an index embedded at another precision
-    is served with a warning, not refused: same weights).
+    build from the same model does not load the weights again). ``quantize`` ("int8") and ``runtime``
+    ("onnx"): how queries are encoded, :func:`retriever.runtime.prepare_encoder` (an index embedded at
+    another precision is served with a warning, not refused: same weights).
     """
-    from retriever.quantize import check_mode, quantization_mismatch, quantize_encoder
+    from retriever.quantize import check_mode, quantization_mismatch
+    from retriever.runtime import check_runtime, prepare_encoder
 
     check_mode(quantize)
+    check_runtime(runtime)
     index = SearchIndex.open(index_dir)
     try:
         ref = model_ref(model_dir) if model_dir else index.model_dir
         if not ref:
             raise EngineLoadError(f"{Path(index_dir) / 'manifest.json'}: records no model_dir; pass --model")
-        if reuse is not None and reuse.model_dir == ref and reuse.encoder.quantization == quantize:
+        if (reuse is not None and reuse.model_dir == ref and reuse.encoder.quantization == quantize
+                and reuse.encoder.runtime == runtime):
             encoder = reuse.encoder
         else:
             logger.info("loading model %s", ref)
@@ -234,7 +237,10 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
                 encoder = load_encoder(ref)
             except (OSError, ValueError) as e:
                 raise EngineLoadError(f"cannot load model {ref!r} for index {index_dir}: {e}") from e
-            quantize_encoder(encoder, quantize)
+            try:
+                prepare_encoder(encoder, runtime, quantize)
+            except (RuntimeError, ValueError) as e:
+                raise EngineLoadError(f"cannot run model {ref!r} as runtime={runtime}, quantize={quantize}: {e}") from e
         try:
             check_encoder(index.manifest, encoder)
         except ManifestMismatch as e:

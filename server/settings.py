@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # "int8": queries are encoded by a dynamically quantised encoder (retriever/quantize.py); faster
     # on CPU, same weights. An index embedded at another precision is served with a warning.
     quantize: Literal["none", "int8"] = "none"
+    # "onnx": queries are encoded by ONNX Runtime (retriever/onnx_runtime.py): fused layers, far less
+    # per-call overhead than torch eager for one short query. Same vectors in fp32; exported at start-up.
+    runtime: Literal["torch", "onnx"] = "torch"
     # Micro-batching (server/batcher.py): concurrent /search requests are queued for up to
     # microbatch_max_wait_ms and encoded + searched together, at most microbatch_max_size at once.
     # Default numbers: README "Speed benchmark" (`dpr bench speed`).

@@ -30,24 +30,30 @@ def test_bench_speed_encode_and_int8_sections(tmp_path: Path, saved_model: Path,
     encode = report["encode"]
     assert encode["passages"] == 20 and _finite_positive(encode["matmul_gflops"])
     rows = {r["name"]: r for r in encode["rows"]}
-    assert {"indexer", "naive", "indexer int8", "sentence-transformers"} <= set(rows)
-    for name in ("indexer", "naive", "indexer int8"):
+    assert {"indexer", "naive", "indexer int8", "indexer onnx", "indexer onnx int8", "sentence-transformers"} <= set(rows)
+    for name in ("indexer", "naive", "indexer int8", "indexer onnx", "indexer onnx int8"):
         for key in ("passages_per_s", "gflops", "share_of_matmul", "indexer_speedup"):
             assert _finite_positive(rows[name][key]), (name, key)
     assert rows["indexer"]["indexer_speedup"] == 1.0
     # The naive loop computes the same function, only slower: identical vectors.
     assert rows["naive"]["cosine_to_indexer"] > 0.999
     assert 0.5 < rows["indexer int8"]["cosine_to_indexer"] <= 1.0001
+    assert 0.5 < rows["indexer onnx int8"]["cosine_to_indexer"] <= 1.0001
+    # fp32 on ONNX Runtime is the same function as torch, fused differently.
+    assert rows["indexer onnx"]["cosine_to_indexer"] > 0.999
     # A saved dual-encoder dir is no sentence-transformers checkpoint: the row says why it has no figures.
     st = rows["sentence-transformers"]
     assert "passages_per_s" in st or st["note"].startswith("skipped")
     int8 = report["int8"]
     assert [(r["queries"], r["passages"]) for r in int8["rows"]] == [
-        ("fp32", "fp32"), ("int8", "int8"), ("int8", "fp32"), ("fp32", "int8")]
+        ("fp32", "fp32"), ("int8 torch", "int8 torch"), ("int8 torch", "fp32"), ("fp32", "int8 torch"),
+        ("int8 onnx", "int8 onnx"), ("int8 onnx", "fp32"), ("fp32", "int8 onnx")]
     assert int8["rows"][0]["delta@5"] == 0.0
     for r in int8["rows"]:
         assert 0.0 <= r["recall@5"] <= 100.0 and r["recall@1"] <= r["recall@5"] <= r["recall@20"]
-    assert all(_finite_positive(v) for v in int8["int8_speedup"].values())
+    assert set(int8["int8_speedup"]) == {"torch", "onnx"}
+    assert all(_finite_positive(v) for sp in int8["int8_speedup"].values() for v in sp.values())
+    assert all(0.5 < c <= 1.0001 for cos in int8["cosine_int8_vs_fp32"].values() for c in cos.values())
     md = (out / "speed.md").read_text()
     assert "### Encoding" in md and "### int8 vs fp32" in md and "| indexer |" in md
     assert "### Encoding" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retriever import DualEncoder, EncoderConfig, Passage
-from retriever.encoder import CONFIG_FILE, load_encoder
+from retriever.encoder import CONFIG_FILE, _chunks, load_encoder
 
 PASSAGES = [
     Passage("a", "Casablanca (film)", "Casablanca is a 1942 American romantic drama starring Ingrid Bergman."),
@@ -50,6 +50,24 @@ def test_passages_are_title_sep_text(tiny_encoder: DualEncoder) -> None:
     sep = ids.index(tok.sep_token_id)
     assert tok.decode(ids[1:sep]) == "casablanca ( film )"
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and ids.count(tok.sep_token_id) == 2
+
+
+
+def test_token_cap_splits_long_batches_only() -> None:
+    lengths = np.array([10, 200, 50, 200, 10, 10, 100])
+    order = np.argsort(-lengths, kind="stable")                     # 200, 200, 100, 50, 10, 10, 10
+    batches = [list(b) for b in _chunks(order, lengths, 4, 400)]
+    assert [len(b) for b in batches] == [2, 4, 1]                   # 2x200 | 100,50,10,10 | 10
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    for b in batches:                                               # padded size within the cap
+        assert len(b) * lengths[b[0]] <= 400
+    assert [len(b) for b in _chunks(order, lengths, 4, 0)] == [4, 3]          # 0: no token cap
+    assert [len(b) for b in _chunks(order, lengths, 4, 100)] == [1, 1, 1, 2, 2]  # a row over the cap: alone
+
+
+def test_token_cap_does_not_change_embeddings(tiny_encoder: DualEncoder) -> None:
+    capped = tiny_encoder.encode_passages(PASSAGES, batch_size=8, max_tokens=20)
+    np.testing.assert_allclose(capped, tiny_encoder.encode_passages(PASSAGES, batch_size=8, max_tokens=0), atol=1e-5)
 
 
 def test_cosine_embeddings_are_unit_length_and_dot_are_not(tiny_base: Path) -> None:

@@ -113,3 +113,25 @@ def test_openapi_documents_the_bodies(client) -> None:
     spec = client.get("/openapi.json").json()
     schema = spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"query", "k", "mode"}
+
+
+def test_onnx_runtime_server_answers_like_the_torch_one(client, index_a: Path) -> None:
+    """DPR_RUNTIME=onnx through the real lifespan: same ranking as the torch-served app, micro-batched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    settings = Settings(index_dir=index_a, runtime="onnx", quantize="none", torch_threads=1)
+    queries = _questions(6)
+    with TestClient(create_app(settings)) as onnx_client:
+        assert onnx_client.app.state.holder.current.encoder.runtime == "onnx"
+        with ThreadPoolExecutor(4) as pool:  # concurrent requests share micro-batches
+            got = list(pool.map(lambda q: onnx_client.post("/search", json={"query": q, "k": 5, "mode": "dense"}),
+                                queries))
+    for query, r in zip(queries, got, strict=True):
+        assert r.status_code == 200
+        want = client.post("/search", json={"query": query, "k": 5, "mode": "dense"}).json()["results"]
+        assert [h["id"] for h in r.json()["results"]] == [h["id"] for h in want]

@@ -1,0 +1,62 @@
+"""How a loaded encoder runs inference: ``runtime`` (torch | onnx) x ``quantize`` (none | int8).
+
+One call, :func:`prepare_encoder`, used by the indexer, the server and the benchmarks:
+
+- ``torch`` + ``none``: the weights as trained (the default; what training and validation use).
+- ``torch`` + ``int8``: ``torch.ao`` dynamic int8 of every ``nn.Linear`` (:mod:`retriever.quantize`).
+- ``onnx`` + ``none`` / ``int8``: ONNX Runtime with fused layers, int8 by ONNX Runtime's dynamic
+  quantisation (:mod:`retriever.onnx_runtime`).
+
+All four are the same model: the fingerprint stays that of the fp32 weights, so an index built
+with one is served with any other. Precision (``quantize``) is recorded in the index manifest and a
+mismatch is logged; the runtime is recorded for the reader and never compared (fp32 ONNX Runtime
+vectors match torch to cosine 1.000).
+"""
+from __future__ import annotations
+
+import logging
+
+from retriever.encoder import DualEncoder
+from retriever.quantize import check_mode, quantize_encoder
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx")
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    return runtime
+
+
+def prepare_encoder(encoder: DualEncoder, runtime: str = "torch", quantize: str = "none",
+                    threads: int | None = None) -> DualEncoder:
+    """``encoder`` switched, in place, to ``runtime`` at precision ``quantize``; returns it.
+
+    ``threads``: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
+    """
+    check_runtime(runtime)
+    check_mode(quantize)
+    if encoder.runtime == runtime and encoder.quantization == quantize:
+        return encoder
+    if encoder.runtime != "torch" or encoder.quantization != "none":
+        raise ValueError(f"encoder already runs as runtime={encoder.runtime}, quantize={encoder.quantization}; "
+                         "load the model again to change it")
+    if runtime == "torch":
+        return quantize_encoder(encoder, quantize)
+    from retriever.onnx_runtime import onnx_tower, release_freed_memory
+
+    if next(encoder.parameters()).device.type != "cpu":
+        raise ValueError("runtime 'onnx' runs on CPU only; move the encoder to CPU first")
+    encoder._weights_sha256 = encoder.fingerprint()  # before the torch weights are replaced
+    encoder.eval()
+    token_types = encoder._accepts_token_types
+    encoder.query_model = onnx_tower(encoder.query_model, token_types=token_types, quantize=quantize, threads=threads)
+    if encoder.passage_model is not None:
+        encoder.passage_model = onnx_tower(encoder.passage_model, token_types=token_types, quantize=quantize,
+                                           threads=threads)
+    encoder.runtime, encoder.quantization = runtime, quantize
+    release_freed_memory()
+    logger.info("encoder runs on onnxruntime (%s)", "int8 dynamic" if quantize == "int8" else "fp32")
+    return encoder
