@@ -45,6 +45,14 @@ def tiny_encoder(tiny_base: Path):
     return DualEncoder.from_base(config)
 
 
+@pytest.fixture()
+def saved_model(tmp_path: Path, tiny_encoder) -> Path:
+    """The tiny random encoder saved with ``DualEncoder.save`` (what ``dpr train`` writes)."""
+    path = tmp_path / "model"
+    tiny_encoder.save(path)
+    return path
+
+
 def _sample(path: Path, n: int) -> list[dict]:
     return json.loads(path.read_text())[:n]
 

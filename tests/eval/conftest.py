@@ -22,10 +22,3 @@ def beir_folder(tmp_path: Path) -> Path:
         "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td4\t1\nq2\td2\t1\nq3\td3\t0\n")
     return folder
 
-
-@pytest.fixture()
-def saved_model(tmp_path: Path, tiny_encoder) -> Path:
-    """The tiny random encoder saved with ``DualEncoder.save`` (what ``dpr train`` writes)."""
-    path = tmp_path / "model"
-    tiny_encoder.save(path)
-    return path

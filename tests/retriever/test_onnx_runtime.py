@@ -94,16 +94,13 @@ def test_bad_runtime_and_switching_twice_are_refused(tiny_base: Path) -> None:
         prepare_encoder(enc, "torch", "int8")
 
 
-def test_onnx_index_records_runtime_and_any_runtime_serves_it(tiny_base: Path, tmp_path: Path, small_nq) -> None:
+def test_onnx_index_records_runtime_and_any_runtime_serves_it(saved_model: Path, tmp_path: Path, small_nq) -> None:
     import json
 
     from driver.main import main
-    from retriever import DualEncoder, EncoderConfig
     from server.engine import load_engine
 
-    model = tmp_path / "model"
-    DualEncoder.from_base(EncoderConfig(base_model=str(tiny_base), query_max_length=32,
-                                        passage_max_length=64)).save(model)
+    model = saved_model
     train, _ = small_nq
     out = tmp_path / "idx"
     assert main(["index", "--model", str(model), "--kb", str(train), "--out", str(out), "--runtime", "onnx",

@@ -66,15 +66,12 @@ def test_quantization_mismatch_message() -> None:
     assert message is not None and "'int8'" in message and "'none'" in message
 
 
-def test_int8_index_records_quantize_and_serves_with_fp32_queries(tiny_base: Path, tmp_path: Path, small_nq,
+def test_int8_index_records_quantize_and_serves_with_fp32_queries(saved_model: Path, tmp_path: Path, small_nq,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     from driver.main import main
-    from retriever import DualEncoder, EncoderConfig
     from server.engine import load_engine
 
-    model = tmp_path / "model"
-    DualEncoder.from_base(EncoderConfig(base_model=str(tiny_base), query_max_length=32,
-                                        passage_max_length=64)).save(model)
+    model = saved_model
     train, _ = small_nq
     out = tmp_path / "idx"
     assert main(["index", "--model", str(model), "--kb", str(train), "--out", str(out), "--quantize", "int8",
