@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,9 @@ class DualEncoder(nn.Module):
         self.passage_model = passage_model
         self.tokenizer = tokenizer
         self._accepts_token_types = "token_type_ids" in inspect.signature(query_model.forward).parameters
-        # Set by retriever.quantize.quantize_encoder: "int8" towers are an inference-only view of the
-        # same fp32 weights, so the fingerprint is taken (and kept) before they are replaced.
+        # How the towers compute (retriever.runtime.prepare_encoder, via replace_towers): "int8"
+        # and/or "onnx" towers are inference-only views of the same fp32 weights.
         self.quantization = "none"
-        # Set by retriever.runtime.prepare_encoder: "onnx" towers are ONNX Runtime sessions built
-        # from these weights (inference only).
         self.runtime = "torch"
         self._weights_sha256: str | None = None
 
@@ -150,6 +148,23 @@ class DualEncoder(nn.Module):
                 h.update(f"{prefix}.{name}".encode())
                 h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
+
+    def replace_towers(self, convert: Callable[[nn.Module], nn.Module], *, runtime: str, quantization: str,
+                       what: str) -> None:
+        """Swap both towers for inference-only versions (``convert(tower)``), in place, on CPU.
+
+        The fingerprint is taken first and kept: the new towers compute the same model less exactly
+        or elsewhere, but their state (packed int8, an ONNX session) is not the weights it names.
+        ``what`` names the conversion in the CPU-only error.
+        """
+        if next(self.parameters()).device.type != "cpu":
+            raise ValueError(f"{what} runs on CPU only; move the encoder to CPU first")
+        self._weights_sha256 = self.fingerprint()
+        self.eval()
+        self.query_model = convert(self.query_model)
+        if self.passage_model is not None:
+            self.passage_model = convert(self.passage_model)
+        self.runtime, self.quantization = runtime, quantization
 
     @property
     def dim(self) -> int:

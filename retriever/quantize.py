@@ -62,16 +62,8 @@ def quantize_encoder(encoder: DualEncoder, mode: str = "int8") -> DualEncoder:
         return encoder
     if encoder.quantization != "none":
         raise ValueError(f"encoder is already quantized as {encoder.quantization}")
-    if next(encoder.parameters()).device.type != "cpu":
-        raise ValueError("int8 dynamic quantization runs on CPU only; move the encoder to CPU first")
     _pick_engine()
-    # Fingerprint first: the quantised state dict holds packed int8 weights, not the model's.
-    encoder._weights_sha256 = encoder.fingerprint()
-    encoder.eval()
-    encoder.query_model = _quantize_module(encoder.query_model)
-    if encoder.passage_model is not None:
-        encoder.passage_model = _quantize_module(encoder.passage_model)
-    encoder.quantization = mode
+    encoder.replace_towers(_quantize_module, runtime="torch", quantization=mode, what="int8 dynamic quantization")
     logger.info("encoder quantized: %s dynamic (nn.Linear), engine %s", mode, torch.backends.quantized.engine)
     return encoder
 

@@ -47,16 +47,9 @@ def prepare_encoder(encoder: DualEncoder, runtime: str = "torch", quantize: str 
         return quantize_encoder(encoder, quantize)
     from retriever.onnx_runtime import onnx_tower, release_freed_memory
 
-    if next(encoder.parameters()).device.type != "cpu":
-        raise ValueError("runtime 'onnx' runs on CPU only; move the encoder to CPU first")
-    encoder._weights_sha256 = encoder.fingerprint()  # before the torch weights are replaced
-    encoder.eval()
     token_types = encoder._accepts_token_types
-    encoder.query_model = onnx_tower(encoder.query_model, token_types=token_types, quantize=quantize, threads=threads)
-    if encoder.passage_model is not None:
-        encoder.passage_model = onnx_tower(encoder.passage_model, token_types=token_types, quantize=quantize,
-                                           threads=threads)
-    encoder.runtime, encoder.quantization = runtime, quantize
+    encoder.replace_towers(lambda tower: onnx_tower(tower, token_types=token_types, quantize=quantize, threads=threads),
+                           runtime=runtime, quantization=quantize, what="runtime 'onnx'")
     release_freed_memory()
     logger.info("encoder runs on onnxruntime (%s)", "int8 dynamic" if quantize == "int8" else "fp32")
     return encoder
