@@ -21,6 +21,7 @@ from eval.evaluate import DEFAULT_KS, evaluate_run, format_table, table_metrics
 from eval.fusion import RRF_K
 from eval.report import hash_paths, library_versions
 from eval.retrieve import Retrieval, describe_retrieval, fuse, retrieve_with_bm25
+from retriever.config import check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ class EvalOptions:
             raise ValueError("--kb is not used with --index or --url (they hold their own knowledge base) "
                              "unless --bm25 is given")
         if self.hybrid is not None:
-            if self.hybrid not in FUSIONS:
-                raise ValueError(f"--hybrid must be one of {FUSIONS}, got {self.hybrid!r}")
+            check_choice("--hybrid", self.hybrid, FUSIONS)
             if not (self.bm25 and (self.model or self.index or self.url)):
                 raise ValueError("--hybrid fuses a dense run with BM25: give --bm25 and --model/--index/--url")
         if self.server_mode not in ("dense", "bm25", "hybrid"):

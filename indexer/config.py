@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from retriever.config import check_config_keys
+from retriever.config import check_choice, check_config_keys
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ class IndexConfig:
     rescore_factor: int = 4
 
     def __post_init__(self) -> None:
-        if self.index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
+        check_choice("index_type", self.index_type, INDEX_TYPES)
         for name in ("batch_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "pq_m", "nprobe",
                      "rescore_factor"):
             value = getattr(self, name)

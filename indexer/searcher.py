@@ -25,7 +25,7 @@ from indexer.manifest import (
     CONFIG_FILE, EMBEDDINGS_FILE, FAISS_FILE, HASHES_FILE, STORE_FILE, check_encoder, read_manifest, verify_files,
 )
 from indexer.store import PassageStore
-from retriever.config import read_json
+from retriever.config import check_choice, read_json
 from retriever.bm25 import BM25Index
 from retriever.data import Passage
 from retriever.encoder import DualEncoder
@@ -163,8 +163,7 @@ class SearchIndex:
                       depth: int = HYBRID_DEPTH) -> list[list[tuple[int, float]]]:
         """Dense and BM25 fused per query (``interp``: ``alpha`` on min-max-normalised dense scores;
         ``rrf``: reciprocal rank fusion); up to ``k`` ``(row, fused score)`` per query, best first."""
-        if method not in FUSION_METHODS:
-            raise ValueError(f"fusion method must be one of {FUSION_METHODS}, got {method!r}")
+        check_choice("fusion method", method, FUSION_METHODS)
         fetch = max(int(k), depth)
         sparse = self.bm25_search(queries, fetch)
         scores, rows = self.search(query_emb, fetch)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from indexer.manifest import encoder_differences, file_sha256
-from retriever.config import read_json, write_json
+from retriever.config import check_choice, read_json, write_json
 from retriever.data import Passage
 from retriever.encoder import DualEncoder
 
@@ -248,8 +248,7 @@ def read_shard(work_dir: str | Path, verify: bool = True) -> ShardData:
 def make_header(description: dict[str, Any], model_dir: str | None, kb: list[dict[str, Any]], spec: ShardSpec,
                 total: int, dtype: str = "float32", chunk_size: int = DEFAULT_CHUNK) -> dict[str, Any]:
     """The ``shard.json`` of shard ``spec`` of a ``total``-passage KB."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    check_choice("dtype", dtype, DTYPES)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk size must be a positive integer, got {chunk_size!r}")
     start, stop = spec.rows(total)

@@ -34,10 +34,8 @@ class EncoderConfig:
     passage_max_length: int = 256
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("similarity", self.similarity, SIMILARITIES)
         if self.temperature is None:
             default = DEFAULT_COS_TEMPERATURE if self.similarity == "cos" else 1.0
             object.__setattr__(self, "temperature", default)
@@ -59,6 +57,13 @@ class EncoderConfig:
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
         check_config_keys(cls, data, "encoder")
         return cls(**data)
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """``value`` if it is one of ``choices``, else a ValueError that names ``name`` and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def check_config_keys(cls: type, data: Any, what: str) -> None:

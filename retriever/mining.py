@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from retriever.answers import has_answer
+from retriever.config import check_choice
 from retriever.data import DataError, Example, Passage, is_beir_dir, load_examples, parse_example, read_records
 from retriever.encoder import DualEncoder
 
@@ -92,8 +93,7 @@ def mine_hard_negatives(
     Candidates come from the top ``max(depth, 4 * num)`` of the ranking; an example whose candidates
     are all gold or answer-bearing gets fewer (the batcher fills the gap with random passages).
     """
-    if method not in MINING_METHODS:
-        raise ValueError(f"mining method must be one of {MINING_METHODS}, got {method!r}")
+    check_choice("mining method", method, MINING_METHODS)
     if num < 1:
         raise ValueError(f"number of hard negatives must be >= 1, got {num}")
     if not kb:

@@ -18,6 +18,7 @@ import warnings
 import torch
 from torch import nn
 
+from retriever.config import check_choice
 from retriever.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
@@ -26,9 +27,7 @@ QUANTIZE_MODES = ("none", "int8")
 
 
 def check_mode(mode: str) -> str:
-    if mode not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {mode!r}")
-    return mode
+    return check_choice("quantize", mode, QUANTIZE_MODES)
 
 
 def _pick_engine() -> None:

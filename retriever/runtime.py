@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+from retriever.config import check_choice
 from retriever.encoder import DualEncoder
 from retriever.quantize import check_mode, quantize_encoder
 
@@ -25,9 +26,7 @@ RUNTIMES = ("torch", "onnx")
 
 
 def check_runtime(runtime: str) -> str:
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    return runtime
+    return check_choice("runtime", runtime, RUNTIMES)
 
 
 def prepare_encoder(encoder: DualEncoder, runtime: str = "torch", quantize: str = "none",
