@@ -158,7 +158,11 @@ def run_encoding(model: str, passages: Sequence[Passage], batch_size: int = 64, 
     ``variants``: (runtime, quantize) pairs run besides the fp32 torch indexer, see
     :func:`retriever.runtime.prepare_encoder`. The ways take turns (``repeats`` rounds of one pass
     each, best pass kept), so a change in the machine's load during the run hits every row alike
-    instead of whichever ran at that moment.
+    instead of whichever ran at that moment. Each round starts one way later than the last, so no
+    way always follows the same neighbour (an ONNX Runtime session's threads spin for a moment after
+    a run). Besides the best-of ratio, each row keeps its speed-up over the indexer in every round
+    (``x_indexer_rounds``): on a shared 2-core VM one pass varies by several percent, and the spread
+    says how far a single ratio can be trusted.
     """
     from retriever.runtime import prepare_encoder
 
@@ -193,15 +197,16 @@ def run_encoding(model: str, passages: Sequence[Passage], batch_size: int = 64, 
         e.encode_passages(warm, batch_size=batch_size)
     if sentence_transformers and ways["sentence-transformers"][0] is not None:
         st(warm, batch_size)
-    best: dict[str, float] = {}
+    runnable = [name for name, (fn, _note) in ways.items() if fn is not None]
+    passes: dict[str, list[float]] = {name: [] for name in runnable}
     vectors: dict[str, np.ndarray] = {}
-    for _ in range(max(1, repeats)):
-        for name, (fn, _note) in ways.items():
-            if fn is None:
-                continue
+    for round_ in range(max(1, repeats)):
+        shift = round_ % len(runnable)
+        for name in runnable[shift:] + runnable[:shift]:
             start = time.perf_counter()
-            vectors[name] = fn()
-            best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+            vectors[name] = ways[name][0]()
+            passes[name].append(time.perf_counter() - start)
+    best = {name: min(times) for name, times in passes.items()}
     reference = vectors["indexer"]
     rows: list[dict[str, Any]] = []
     for name, (_fn, note) in ways.items():
@@ -212,6 +217,11 @@ def run_encoding(model: str, passages: Sequence[Passage], batch_size: int = 64, 
                        gflops=round(flops / seconds / 1e9, 2),
                        share_of_matmul=round(flops / seconds / 1e9 / peak, 3),
                        indexer_speedup=round(seconds / best["indexer"], 2))
+            if name != "indexer":
+                rounds = [i / t for i, t in zip(passes["indexer"], passes[name], strict=True)]
+                row.update(x_indexer_best=round(best["indexer"] / seconds, 2),
+                           x_indexer_rounds=[round(x, 2) for x in rounds],
+                           x_indexer_median=round(float(np.median(rounds)), 2))
             if name != "indexer":
                 row["cosine_to_indexer"] = round(_cosine(vectors[name], reference), 4)
         rows.append(row)

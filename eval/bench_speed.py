@@ -56,7 +56,7 @@ class SpeedOptions:
     val: str = str(NQ / "nq-oracle-val.json")
     sections: tuple[str, ...] = SECTIONS
     encode_passages: int = 500
-    encode_repeats: int = 2
+    encode_repeats: int = 3
     mixed_lengths: bool = True         # re-cut the sample to 5-250 words (see eval.bench_encode.mixed_lengths)
     batch_size: int = 64
     threads: int | None = None

@@ -23,9 +23,16 @@ def _encode(e: dict[str, Any]) -> list[str]:
              f"best of {e.get('repeats', 1)} round(s) taking turns; "
              f"fp32 matmul {e['matmul_gflops']} GFLOP/s)", ""]
     rows = [[r["name"], r.get("passages_per_s"), r.get("gflops"), r.get("share_of_matmul"),
-             r.get("indexer_speedup"), r.get("cosine_to_indexer"), r["note"]] for r in e["rows"]]
+             r.get("indexer_speedup"), _rounds(r), r.get("cosine_to_indexer"), r["note"]] for r in e["rows"]]
     return lines + _table(["path", "passages/s", "GFLOP/s", "share of matmul", "indexer / this",
-                           "cosine to indexer", "note"], rows)
+                           "x indexer per round: median (min-max)", "cosine to indexer", "note"], rows)
+
+
+def _rounds(row: dict[str, Any]) -> str | None:
+    rounds = row.get("x_indexer_rounds")
+    if not rounds:
+        return None
+    return f"{row['x_indexer_median']:g} ({min(rounds):g}-{max(rounds):g})"
 
 
 def _int8(q: dict[str, Any]) -> list[str]:

@@ -205,10 +205,18 @@ class DualEncoder(nn.Module):
         summed = (hidden * mask).sum(dim=1)                                  # [B, D]
         return summed / mask.sum(dim=1).clamp(min=1e-9)                      # [B, D]
 
-    def _embed(self, model: PreTrainedModel, inputs: dict[str, Tensor]) -> Tensor:
-        hidden = model(**inputs).last_hidden_state                           # [B, L, D]
-        emb = self.pool(hidden, inputs["attention_mask"])                   # [B, D]
+    def head(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """Pooling, then normalisation if configured: ``hidden`` [B, L, D] -> [B, D]."""
+        emb = self.pool(hidden, attention_mask)                              # [B, D]
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    def _embed(self, model: PreTrainedModel, inputs: dict[str, Tensor]) -> Tensor:
+        output = model(**inputs)
+        # An exported tower (retriever.onnx_runtime) runs this same head inside its graph.
+        embedding = getattr(output, "embedding", None)
+        if embedding is not None:
+            return embedding                                                 # [B, D]
+        return self.head(output.last_hidden_state, inputs["attention_mask"])  # [B, L, D] -> [B, D]
 
     def embed_queries(self, inputs: dict[str, Tensor]) -> Tensor:
         return self._embed(self.query_model, inputs)

@@ -47,7 +47,8 @@ def prepare_encoder(encoder: DualEncoder, runtime: str = "torch", quantize: str 
     from retriever.onnx_runtime import onnx_tower, release_freed_memory
 
     token_types = encoder._accepts_token_types
-    encoder.replace_towers(lambda tower: onnx_tower(tower, token_types=token_types, quantize=quantize, threads=threads),
+    encoder.replace_towers(lambda tower: onnx_tower(tower, token_types=token_types, quantize=quantize,
+                                                    head=encoder.head, threads=threads),
                            runtime=runtime, quantization=quantize, what="runtime 'onnx'")
     release_freed_memory()
     logger.info("encoder runs on onnxruntime (%s)", "int8 dynamic" if quantize == "int8" else "fp32")

@@ -35,6 +35,13 @@ def test_bench_speed_encode_and_int8_sections(tmp_path: Path, saved_model: Path,
         for key in ("passages_per_s", "gflops", "share_of_matmul", "indexer_speedup"):
             assert _finite_positive(rows[name][key]), (name, key)
     assert rows["indexer"]["indexer_speedup"] == 1.0
+    # Every other way keeps its speed-up over the indexer per round, one entry per round.
+    assert encode["repeats"] == 3 and "x_indexer_rounds" not in rows["indexer"]
+    for name in ("naive", "indexer int8", "indexer onnx", "indexer onnx int8"):
+        rounds, row = rows[name]["x_indexer_rounds"], rows[name]
+        assert len(rounds) == 3 and all(_finite_positive(x) for x in rounds), name
+        assert min(rounds) <= row["x_indexer_median"] <= max(rounds)
+        assert row["x_indexer_best"] == pytest.approx(1 / row["indexer_speedup"], rel=0.1)  # both rounded
     # The naive loop computes the same function, only slower: identical vectors.
     assert rows["naive"]["cosine_to_indexer"] > 0.999
     assert 0.5 < rows["indexer int8"]["cosine_to_indexer"] <= 1.0001
@@ -56,6 +63,7 @@ def test_bench_speed_encode_and_int8_sections(tmp_path: Path, saved_model: Path,
     assert all(0.5 < c <= 1.0001 for cos in int8["cosine_int8_vs_fp32"].values() for c in cos.values())
     md = (out / "speed.md").read_text()
     assert "### Encoding" in md and "### int8 vs fp32" in md and "| indexer |" in md
+    assert "x indexer per round: median (min-max)" in md
     assert "### Encoding" in capsys.readouterr().out
 
 

@@ -33,11 +33,11 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _encoder(base: Path, tie: bool = True):
+def _encoder(base: Path, tie: bool = True, pooling: str = "mean", similarity: str = "cos"):
     from retriever import DualEncoder, EncoderConfig
 
-    return DualEncoder.from_base(EncoderConfig(base_model=str(base), pooling="mean", tie_encoders=tie,
-                                               query_max_length=32, passage_max_length=64))
+    return DualEncoder.from_base(EncoderConfig(base_model=str(base), pooling=pooling, tie_encoders=tie,
+                                               similarity=similarity, query_max_length=32, passage_max_length=64))
 
 
 @pytest.mark.parametrize("arch", ["distilbert", "bert"])
@@ -51,6 +51,19 @@ def test_onnx_fp32_gives_the_torch_vectors(arch: str, tiny_base: Path, tiny_bert
     # A batch of one (no padding at all) gives the same row as the padded batch.
     one = onnx_enc.encode_passages(PASSAGES[2:3], batch_size=1)
     np.testing.assert_allclose(one[0], onnx_enc.encode_passages(PASSAGES)[2], atol=1e-5)
+
+
+@pytest.mark.parametrize(("pooling", "similarity"), [("cls", "cos"), ("mean", "dot"), ("cls", "dot")])
+def test_onnx_graph_carries_the_encoders_head(pooling: str, similarity: str, tiny_bert: Path) -> None:
+    # Pooling and normalisation (cosine only) run inside the exported graph; they must be this encoder's own.
+    normalize = similarity == "cos"
+    torch_enc = _encoder(tiny_bert, pooling=pooling, similarity=similarity)
+    onnx_enc = prepare_encoder(_encoder(tiny_bert, pooling=pooling, similarity=similarity), "onnx", "none")
+    expected = torch_enc.encode_passages(PASSAGES)
+    np.testing.assert_allclose(onnx_enc.encode_passages(PASSAGES), expected, atol=1e-5)
+    np.testing.assert_allclose(onnx_enc.encode_queries(QUERIES), torch_enc.encode_queries(QUERIES), atol=1e-5)
+    norms = np.linalg.norm(expected, axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5) == normalize
 
 
 def test_onnx_int8_is_close_keeps_the_fingerprint_and_is_inference_only(tiny_bert: Path, tmp_path: Path) -> None:
@@ -68,6 +81,26 @@ def test_onnx_int8_is_close_keeps_the_fingerprint_and_is_inference_only(tiny_ber
     with pytest.raises(ValueError, match="inference-only"):
         int8.save(tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "bert"])
+def test_only_the_int8_graph_approximates_gelu(arch: str, tiny_base: Path, tiny_bert: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from retriever.onnx_runtime import export_tower
+
+    encoder = _encoder(tiny_base if arch == "distilbert" else tiny_bert)
+    ops = {}
+    for quantize in ("none", "int8"):
+        out = tmp_path / quantize
+        out.mkdir()
+        path = export_tower(encoder.passage_tower, out, token_types=arch == "bert", quantize=quantize,
+                            head=encoder.head)
+        graph = onnx.load(str(path)).graph
+        ops[quantize] = {node.op_type for node in graph.node}
+    # fp32 keeps the exact erf GELU (fused with its bias); int8 swaps it for the tanh form.
+    assert "BiasGelu" in ops["none"] and "FastGelu" not in ops["none"]
+    assert "FastGelu" in ops["int8"] and not ops["int8"] & {"BiasGelu", "Gelu", "Erf"}
 
 
 def test_untied_towers_are_both_converted(tiny_base: Path) -> None:
