@@ -216,7 +216,8 @@ def run_encoding(model: str, passages: Sequence[Passage], batch_size: int = 64, 
             row.update(seconds=round(seconds, 3), passages_per_s=round(len(passages) / seconds, 1),
                        gflops=round(flops / seconds / 1e9, 2),
                        share_of_matmul=round(flops / seconds / 1e9 / peak, 3),
-                       indexer_speedup=round(seconds / best["indexer"], 2))
+                       indexer_speedup=round(seconds / best["indexer"], 2),
+                       passes_s=[round(t, 3) for t in passes[name]])
             if name != "indexer":
                 rounds = [i / t for i, t in zip(passes["indexer"], passes[name], strict=True)]
                 row.update(x_indexer_best=round(best["indexer"] / seconds, 2),

@@ -40,6 +40,7 @@ def test_bench_speed_encode_and_int8_sections(tmp_path: Path, saved_model: Path,
     for name in ("naive", "indexer int8", "indexer onnx", "indexer onnx int8"):
         rounds, row = rows[name]["x_indexer_rounds"], rows[name]
         assert len(rounds) == 3 and all(_finite_positive(x) for x in rounds), name
+        assert len(rows[name]["passes_s"]) == 3 and min(rows[name]["passes_s"]) == rows[name]["seconds"]
         assert min(rounds) <= row["x_indexer_median"] <= max(rounds)
         assert row["x_indexer_best"] == pytest.approx(1 / row["indexer_speedup"], rel=0.1)  # both rounded
     # The naive loop computes the same function, only slower: identical vectors.
