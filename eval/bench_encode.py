@@ -222,9 +222,8 @@ def run_encoding(model: str, passages: Sequence[Passage], batch_size: int = 64, 
                 rounds = [i / t for i, t in zip(passes["indexer"], passes[name], strict=True)]
                 row.update(x_indexer_best=round(best["indexer"] / seconds, 2),
                            x_indexer_rounds=[round(x, 2) for x in rounds],
-                           x_indexer_median=round(float(np.median(rounds)), 2))
-            if name != "indexer":
-                row["cosine_to_indexer"] = round(_cosine(vectors[name], reference), 4)
+                           x_indexer_median=round(float(np.median(rounds)), 2),
+                           cosine_to_indexer=round(_cosine(vectors[name], reference), 4))
         rows.append(row)
     return {
         "model": model, "passages": len(passages), "tokens": int(sum(lengths)),

@@ -6,8 +6,8 @@ Python and dispatch overhead (MiniLM, one 12-token query: ~13 ms in torch, ~3 ms
 fuses each layer into a few kernels (Attention, BiasGelu, SkipLayerNormalization) and its dynamic
 int8 quantises the fused attention's projections too. The int8 graph also computes GELU with the tanh
 approximation (FastGelu): on a CPU without VNNI the int8 GEMMs leave GELU a larger share of the time,
-and the approximation's error (~1e-3) is far below the int8 activations' own rounding. ``dpr bench speed`` measures both runtimes
-side by side.
+and the approximation's error (~1e-3) is far below the int8 activations' own rounding. ``dpr bench
+speed`` measures both runtimes side by side.
 
 Each tower is exported at load time (``torch.onnx`` TorchScript exporter, eager attention so the
 fusion patterns match), fused with ``onnxruntime.transformers.optimizer`` and, for int8, quantised
