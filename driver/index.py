@@ -125,14 +125,12 @@ def run(args: argparse.Namespace) -> int:
     from indexer.build import build_index, embed_shard
     from indexer.shards import DEFAULT_CHUNK, ShardSpec
     from retriever.encoder import load_encoder, model_ref
+    from retriever.runtime import prepare_encoder
 
     spec = ShardSpec.parse(args.shard) if args.shard is not None else None
     chunk = args.chunk_size or DEFAULT_CHUNK
     encoder = load_encoder(args.model)
-    if args.quantize != "none" or args.runtime != "torch":
-        from retriever.runtime import prepare_encoder
-
-        prepare_encoder(encoder, args.runtime, args.quantize)
+    prepare_encoder(encoder, args.runtime, args.quantize)  # torch + none: as loaded
     if spec is not None:
         stats = embed_shard(encoder, args.kb, args.out, spec, model_dir=model_ref(args.model), dtype=args.dtype,
                             chunk_size=chunk, batch_size=args.batch_size, progress=not args.no_progress)

@@ -1,4 +1,6 @@
-"""A bounded HTTP load generator (asyncio streams, one keep-alive connection per worker): N workers keep requests in flight for a while, then stop.
+"""A bounded HTTP load generator: N workers keep requests in flight for a while, then stop.
+
+Asyncio streams, one keep-alive connection per worker (see :class:`_Connection` for why not httpx).
 
 Used by the speed benchmark (throughput at concurrency 1/8/32) and the reliability checks (60 s at
 concurrency 32, hot swap under load). It always stops by itself: after ``duration_s`` seconds or
