@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	test -f $(RUN_DIR)/model/encoder_config.json || $(DPR) train --train $(DATA)/nq-oracle-train.json \
 		--val $(DATA)/nq-oracle-val.json --out $(RUN_DIR)/model --epochs $(EPOCHS) --hard-negatives model
-	test -f $(RUN_DIR)/index/manifest.json || $(DPR) index --model $(RUN_DIR)/model \
+	test -e $(RUN_DIR)/index/current -o -f $(RUN_DIR)/index/manifest.json || $(DPR) index --model $(RUN_DIR)/model \
 		--kb $(DATA)/nq-oracle-train.json --kb $(DATA)/nq-oracle-val.json --out $(RUN_DIR)/index
 	$(DPR) serve --index $(RUN_DIR)/index --host $(HOST) --port $(PORT) --runtime $(RUNTIME)
 

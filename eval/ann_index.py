@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from eval.synthetic import DEFAULT_CLUSTERS, synthetic_passages, synthetic_queries
+from indexer.builds import current_build, is_index_root
+from indexer.manifest import MANIFEST_FILE
 from retriever.config import read_json, write_json
 from retriever.data import Passage
 
@@ -64,9 +66,8 @@ def build_synthetic_index(out_dir: str | Path | None, n: int, index_type: str = 
     dim = int(description["dim"])
     resolved = config.resolve(n, dim).to_dict()
     wanted = {"n": n, "seed": seed, "clusters": clusters}
-    manifest = out / "manifest.json"
-    if manifest.is_file():
-        old = read_json(manifest)
+    if is_index_root(out):
+        old = read_json(current_build(out) / MANIFEST_FILE)
         if (old.get("count") == n and old.get("index_params") == resolved
                 and (old.get("build") or {}).get("synthetic") == wanted):
             logger.info("reusing synthetic index %s", out)
@@ -80,7 +81,7 @@ def build_synthetic_index(out_dir: str | Path | None, n: int, index_type: str = 
 
 def build_seconds(index_dir: str | Path) -> float:
     """How long the index's build took, from its manifest."""
-    return float(read_json(Path(index_dir) / "manifest.json")["build"]["seconds"])
+    return float(read_json(current_build(index_dir) / MANIFEST_FILE)["build"]["seconds"])
 
 
 def ann_quality(index_dir: str | Path, queries: int = 100, k: int = 10, seed: int = 1) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def ann_quality(index_dir: str | Path, queries: int = 100, k: int = 10, seed: in
         _, approx = index.search(q, k)                                   # [queries, k]
         _, exact = index.exact_search(q, k)                              # [queries, k]
         recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact, strict=True)]))
-        faiss_bytes = (Path(index_dir) / "index.faiss").stat().st_size
+        faiss_bytes = (index.build_dir / "index.faiss").stat().st_size
         return {"index_type": index.config.index_type, "count": len(index), f"recall@{k}": round(recall, 4),
                 "faiss_mb": round(faiss_bytes / 2**20, 1),
                 "flat_mb": round(len(index) * index.dim * 4 / 2**20, 1)}

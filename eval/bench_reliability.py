@@ -80,14 +80,16 @@ def _build(o: ReliabilityOptions, kb: list[str], out: Path) -> None:
 def prepare_indexes(o: ReliabilityOptions) -> tuple[Path, Path]:
     """Index A and B under ``work`` (built once, then reused). B starts as a copy of A so its build
     reuses A's embeddings and takes seconds."""
+    from indexer.builds import is_index_root
+
     work = Path(o.work)
     a, b = work / "index-a", work / "index-b"
-    if not (a / "manifest.json").exists():
+    if not is_index_root(a):
         logger.info("building %s (the 2,500-passage index; minutes on a CPU)", a)
         _build(o, _kb_a(o), a)
-    if not (b / "manifest.json").exists():
+    if not is_index_root(b):
         shutil.rmtree(b, ignore_errors=True)
-        shutil.copytree(a, b)
+        shutil.copytree(a, b, symlinks=True)
         _build(o, _kb_b(o), b)
     return a, b
 
@@ -195,7 +197,7 @@ def check_index_kill(o: ReliabilityOptions, index_b: Path) -> dict[str, Any]:
 
     served = Path(o.work) / "kill-served"
     shutil.rmtree(served, ignore_errors=True)
-    shutil.copytree(index_b, served)
+    shutil.copytree(index_b, served, symlinks=True)
     # A's KB on top of B: the 500 train passages need embedding, so the build is killed mid-embedding.
     # Small chunks, killed once one is on disk: the re-run should resume from it, not start over.
     return kill_indexer_mid_build(served, o.model, _kb_a(o), extra_args=("--chunk-size", "128"),

@@ -92,8 +92,10 @@ def _questions(path: str, n: int) -> list[str]:
 def _real_index(options: SpeedOptions, work: Path) -> Path:
     if options.index:
         return Path(options.index)
+    from indexer.builds import is_index_root
+
     out = work / "real-index"
-    if not (out / "manifest.json").exists():
+    if not is_index_root(out):
         from indexer import build_index
         from retriever.encoder import load_encoder, model_ref
 

@@ -35,6 +35,14 @@ def dir_digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def served_digests(index_dir: Path) -> dict[str, str]:
+    """What ``index_dir`` serves: the files of its current build, and which build that is."""
+    from indexer.builds import build_name, current_build
+
+    build = current_build(index_dir)
+    return {"<build>": build_name(build, index_dir), **dir_digests(build)}
+
+
 class _Tail:
     """Collects a child's output on a thread (tqdm redraws with \\r, so lines are not enough)."""
 
@@ -60,7 +68,7 @@ def kill_indexer_mid_build(served: Path, model: str, kb: list[str], *, extra_arg
     how much of the killed build's work it resumed)."""
     from indexer import SearchIndex
 
-    before = dir_digests(served)
+    before = served_digests(served)
     siblings_before = set(served.parent.iterdir())
     args = dpr_command("index", "--model", model, *[a for p in kb for a in ("--kb", p)], "--out", str(served),
                        *extra_args)
@@ -81,7 +89,7 @@ def kill_indexer_mid_build(served: Path, model: str, kb: list[str], *, extra_arg
     tail.join()
     progress_at_kill = (EMBEDDING_STARTED.findall(tail.text)[-1:] + CHUNK_WRITTEN.findall(tail.text)[-1:]
                         if killed else [])
-    unchanged = dir_digests(served) == before
+    unchanged = served_digests(served) == before
     try:
         with SearchIndex.open(served) as index:
             still_loads, count = True, len(index)
@@ -169,10 +177,12 @@ def kill_trainer_mid_epoch(work: Path, train: Path, val: Path, *, epochs: int = 
 
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
+    path.chmod(0o644)                      # published builds are read-only
     path.write_bytes(data[: len(data) // 2])
 
 
 def _scribble(path: Path) -> None:
+    path.chmod(0o644)
     data = bytearray(path.read_bytes())
     data[: min(len(data), 100)] = b"\x00garbage" * 12 + b"\x00" * 4
     path.write_bytes(bytes(data[: len(data)]))
@@ -181,6 +191,7 @@ def _scribble(path: Path) -> None:
 def corrupt_and_serve(index_dir: Path, work: Path, *, timeout_s: float = 180.0) -> dict[str, Any]:
     """`dpr serve` on copies of ``index_dir`` with one file damaged each: it must exit non-zero,
     naming that file, and never serve."""
+    from indexer.builds import current_build
     from indexer.manifest import EMBEDDINGS_FILE, FAISS_FILE, MANIFEST_FILE, STORE_FILE
 
     cases = [(FAISS_FILE, _truncate), (FAISS_FILE, _scribble), (STORE_FILE, _scribble), (STORE_FILE, _truncate),
@@ -189,8 +200,8 @@ def corrupt_and_serve(index_dir: Path, work: Path, *, timeout_s: float = 180.0) 
     for name, damage in cases:
         copy = work / f"corrupt-{name}-{damage.__name__.strip('_')}"
         shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(index_dir, copy)
-        damage(copy / name)
+        shutil.copytree(index_dir, copy, symlinks=True)
+        damage(current_build(copy) / name)
         code, out = run_to_exit(dpr_command("serve", "--index", str(copy), "--port", str(free_port())), timeout_s)
         message = next((line for line in out.splitlines() if "dpr serve: error" in line), out[-300:])
         refused = code not in (0, -9) and name in out

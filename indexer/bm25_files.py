@@ -8,6 +8,7 @@ still opens: it serves dense search only.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,13 @@ def _entries(folder: Path) -> dict[str, dict[str, Any]]:
             for name in BM25_FILES}
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _reusable(previous: Path, manifest: dict[str, Any] | None, same_passages: bool) -> bool:
     entry = (manifest or {}).get(BM25_DIR)
     return (same_passages and isinstance(entry, dict) and entry.get("k1") == DEFAULT_K1
@@ -46,7 +54,8 @@ def write_bm25(target: Path, passages: Sequence[Passage], previous: Path | None 
     """
     folder = target / BM25_DIR
     if previous is not None and _reusable(previous, previous_manifest, same_passages):
-        shutil.copytree(previous / BM25_DIR, folder)
+        # Published builds are immutable, so the new build can share the old one's files.
+        shutil.copytree(previous / BM25_DIR, folder, copy_function=_link_or_copy)
         entries = _entries(folder)
         if entries == previous_manifest[BM25_DIR].get("files"):
             logger.info("BM25: reused the previous index's (same passages)")
@@ -76,7 +85,7 @@ def load_bm25(index_dir: Path, manifest: dict[str, Any], verify: bool = True) ->
     where = index_dir / MANIFEST_FILE
     if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
         raise IndexLoadError(f"{where}: invalid 'bm25' entry")
-    folder = index_dir / entry.get("dir", BM25_DIR)
+    folder = index_dir / BM25_DIR            # never a path from the manifest (validate_manifest checks it)
     for name in BM25_FILES:
         path, meta = folder / name, entry["files"].get(name)
         if not isinstance(meta, dict):
@@ -89,8 +98,8 @@ def load_bm25(index_dir: Path, manifest: dict[str, Any], verify: bool = True) ->
             raise IndexLoadError(f"{path}: SHA-256 differs from the manifest (corrupt or modified)")
     try:
         bm25 = BM25Index.load(folder)
-    except (OSError, ValueError, KeyError) as e:
-        raise IndexLoadError(f"{folder}: not a readable BM25 index ({e})") from e
+    except Exception as e:   # noqa: BLE001 - bm25s parses these files; whatever it raises, they are not an index
+        raise IndexLoadError(f"{folder}: not a readable BM25 index ({type(e).__name__}: {e})") from e
     if len(bm25) != manifest["count"] or entry.get("count") != manifest["count"]:
         raise IndexLoadError(f"{folder}: indexes {len(bm25)} passages, manifest says {manifest['count']}")
     return bm25

@@ -1,10 +1,12 @@
-"""``build_index``: embed a knowledge base and write an index directory atomically.
+"""``build_index``: embed a knowledge base and publish it as a new build of an index directory.
 
-Passages whose content (``sha1(title + "\\n" + text)``) is already in the index at ``out_dir``,
-built by an encoder with the same weights and config, keep their vectors; only new or changed
+Passages whose content (``sha1(title + "\\n" + text)``) is already in the build ``out_dir`` serves,
+made by an encoder with the same weights and config, keep their vectors; only new or changed
 passages are embedded. Embeddings go to resumable chunk files in a work directory first
 (:mod:`indexer.shards`), so a killed build re-run with the same arguments embeds only what is
-missing; ``out_dir`` is replaced only by the final atomic rename.
+missing. The index is written as a new immutable build under ``out_dir/builds/`` and published by
+switching ``out_dir/current`` (:mod:`indexer.builds`): a server reading the previous build keeps
+reading it until it reloads.
 :func:`build_index_from_vectors` writes an index from vectors already at hand (shard merge, benchmarks).
 """
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from indexer.bm25_files import same_passage_hashes, write_bm25
+from indexer.builds import DEFAULT_KEEP, check_target, current_build, new_build, prune_builds
 from indexer.config import IndexConfig
+from indexer.errors import IndexLoadError
 from indexer.faiss_index import check_buildable, create_index, write_faiss
 from indexer.manifest import (
     CONFIG_FILE, EMBEDDINGS_FILE, FAISS_FILE, FORMAT_VERSION, HASHES_FILE, MANIFEST_FILE, STORE_FILE,
@@ -29,7 +33,6 @@ from indexer.manifest import (
 )
 from indexer.shards import DEFAULT_CHUNK, ShardSpec, embed_rows, make_header, prepare_work_dir, read_shard
 from indexer.store import write_store
-from retriever.atomic import atomic_dir
 from retriever.config import write_json
 from retriever.data import Passage, load_corpus
 from retriever.encoder import DualEncoder, model_ref
@@ -45,49 +48,51 @@ def content_hash(passage: Passage) -> str:
     return hashlib.sha1(f"{passage.title}\n{passage.text}".encode("utf-8")).hexdigest()
 
 
-def load_cached_vectors(index_dir: Path, description: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Vectors of a previous build at ``index_dir`` by content hash, if its encoder matches; else ``{}``.
+def load_cached_vectors(out_dir: Path, description: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Vectors of the build ``out_dir`` serves, by content hash, if its encoder matches; else ``{}``.
 
     A missing, foreign or damaged previous index only means no reuse; the build goes on.
     """
-    if not (index_dir / MANIFEST_FILE).exists():
+    build = _previous_build(out_dir)
+    if build is None:
         return {}
     try:
-        manifest = read_manifest(index_dir)
+        manifest = read_manifest(build)
         diffs = encoder_differences(manifest["model"], description)
         if diffs:
-            logger.info("not reusing embeddings from %s: encoder differs in %s", index_dir, [d[0] for d in diffs])
+            logger.info("not reusing embeddings from %s: encoder differs in %s", build, [d[0] for d in diffs])
             return {}
-        vectors = np.load(index_dir / EMBEDDINGS_FILE, allow_pickle=False)
-        hashes = np.load(index_dir / HASHES_FILE, allow_pickle=False)
+        vectors = np.load(build / EMBEDDINGS_FILE, allow_pickle=False)
+        hashes = np.load(build / HASHES_FILE, allow_pickle=False)
     except (ValueError, OSError) as e:
-        logger.warning("not reusing embeddings from %s: %s", index_dir, e)
+        logger.warning("not reusing embeddings from %s: %s", build, e)
         return {}
     n = manifest["count"]
     if (vectors.dtype != np.float32 or vectors.shape != (n, description["dim"])
             or hashes.dtype != HASH_DTYPE or hashes.shape != (n,)):
         logger.warning("not reusing embeddings from %s: %s/%s do not match its manifest",
-                       index_dir, EMBEDDINGS_FILE, HASHES_FILE)
+                       build, EMBEDDINGS_FILE, HASHES_FILE)
         return {}
     return {h.decode("ascii"): vectors[i] for i, h in enumerate(hashes.tolist())}
 
 
-def _previous_manifest(out_dir: Path) -> dict[str, Any] | None:
-    if not (out_dir / MANIFEST_FILE).exists():
+def _previous_build(out_dir: Path) -> Path | None:
+    """The build ``out_dir`` serves now, or None (nothing there yet, or not readable)."""
+    if not out_dir.is_dir():
         return None
     try:
-        return read_manifest(out_dir)
-    except ValueError:
+        return current_build(out_dir)
+    except IndexLoadError:
         return None
 
 
-def _check_target(out_dir: Path) -> None:
-    """The build replaces ``out_dir`` wholesale: never let that be a directory of someone's files."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).exists():
-        raise ValueError(f"{out_dir}: exists and is not an index directory (no {MANIFEST_FILE}); "
-                         "refusing to replace it")
+def _previous_manifest(build: Path | None) -> dict[str, Any] | None:
+    if build is None:
+        return None
+    try:
+        return read_manifest(build)
+    except ValueError:
+        return None
 
 
 def default_work_dir(out_dir: str | Path) -> Path:
@@ -106,8 +111,9 @@ def build_index(
     bm25: bool = True,
     work_dir: str | Path | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    keep_builds: int = DEFAULT_KEEP,
 ) -> Path:
-    """Embed the knowledge base at ``kb_paths`` and write an index to ``out_dir`` atomically.
+    """Embed the knowledge base at ``kb_paths`` and publish it as a new build of ``out_dir``.
 
     ``model_dir`` is the model reference the manifest records for the server: a saved model dir
     (recorded as an absolute path) or an alias such as ``minilm``. Bad KB input raises ``DataError`` before anything
@@ -116,10 +122,11 @@ def build_index(
     index is written to ``out_dir/bm25/`` in the same build (copied from the previous build when
     its passages are the same). Embeddings are written in chunks of ``chunk_size`` to ``work_dir``
     (default ``<out_dir>.work``), reused by a re-run after a crash, and removed after success.
+    The newest ``keep_builds`` builds are kept (for rollback); older ones no process holds are deleted.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    _check_target(out_dir)
+    check_target(out_dir)
     if isinstance(kb_paths, (str, Path)):
         kb_paths = [kb_paths]
     passages = load_corpus(list(kb_paths))
@@ -139,7 +146,8 @@ def build_index(
     del cache
     vectors = read_shard(work, verify=False).vectors
     build_index_from_vectors(vectors, passages, out_dir, config, description, model_dir, hashes=hashes,
-                             kb=sources, build_stats=stats, bm25=bm25, progress=progress, started=started)
+                             kb=sources, build_stats=stats, bm25=bm25, progress=progress, started=started,
+                             keep_builds=keep_builds)
     shutil.rmtree(work, ignore_errors=True)
     return out_dir
 
@@ -158,15 +166,16 @@ def build_index_from_vectors(
     bm25: bool = True,
     progress: bool = True,
     started: float | None = None,
+    keep_builds: int = DEFAULT_KEEP,
 ) -> Path:
-    """Write an index over ``vectors`` (float32 [n, d], row i = ``passages[i]``) to ``out_dir`` atomically.
+    """Publish an index over ``vectors`` (float32 [n, d], row i = ``passages[i]``) as a new build of ``out_dir``.
 
     ``model_description`` is the ``DualEncoder.describe()`` of the model the vectors come from and
     ``model_dir`` its reference for the server, so the index opens with that model like any other.
     """
     started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
-    _check_target(out_dir)
+    check_target(out_dir)
     dim = int(model_description["dim"])
     if vectors.ndim != 2 or vectors.shape != (len(passages), dim):
         raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(passages)}, {dim}) "
@@ -181,10 +190,11 @@ def build_index_from_vectors(
     encoder_config = model_description.get("encoder") or {}
     index = create_index(vectors, resolved, progress=progress)
     hash_array = np.array([h.encode("ascii") for h in hashes], dtype=HASH_DTYPE)
-    previous_manifest = _previous_manifest(out_dir) if bm25 else None
+    previous = _previous_build(out_dir) if bm25 else None
+    previous_manifest = _previous_manifest(previous)
     stats = build_stats or {}
 
-    with atomic_dir(out_dir) as tmp:
+    with new_build(out_dir) as tmp:
         write_faiss(index, tmp / FAISS_FILE)
         np.save(tmp / EMBEDDINGS_FILE, vectors, allow_pickle=False)
         np.save(tmp / HASHES_FILE, hash_array, allow_pickle=False)
@@ -192,8 +202,8 @@ def build_index_from_vectors(
         write_json(tmp / CONFIG_FILE, resolved.to_dict())
         bm25_entry = None
         if bm25:
-            same = previous_manifest is not None and same_passage_hashes(out_dir, hash_array)
-            bm25_entry = write_bm25(tmp, passages, out_dir, previous_manifest, same, progress)
+            same = previous_manifest is not None and same_passage_hashes(previous, hash_array)
+            bm25_entry = write_bm25(tmp, passages, previous, previous_manifest, same, progress)
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": model_description,
@@ -216,6 +226,7 @@ def build_index_from_vectors(
         write_json(tmp / MANIFEST_FILE, manifest)
     logger.info("indexed %d passages (%s, dim %d) into %s in %.1fs", len(passages), resolved.index_type,
                 dim, out_dir, time.perf_counter() - started)
+    prune_builds(out_dir, keep_builds)
     return out_dir
 
 

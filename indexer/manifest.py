@@ -12,16 +12,20 @@ from indexer.errors import IndexLoadError, ManifestMismatch
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the passage store is checksummed like every other file. Format 1 indexes (no store entry) still
+# open; their store is checked structurally only (schema, rows, count).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "index_config.json"
 FAISS_FILE = "index.faiss"
 STORE_FILE = "passages.sqlite"
 EMBEDDINGS_FILE = "embeddings.npy"
 HASHES_FILE = "passage_hashes.npy"
-# Files whose size and SHA-256 the manifest records. The SQLite store is checked by its row count
-# instead: its bytes are SQLite's business.
-CHECKSUMMED_FILES = (FAISS_FILE, EMBEDDINGS_FILE, HASHES_FILE, CONFIG_FILE)
+# Files whose size and SHA-256 the manifest records (the BM25 files are in its "bm25" entry).
+CHECKSUMMED_FILES = (FAISS_FILE, EMBEDDINGS_FILE, HASHES_FILE, CONFIG_FILE, STORE_FILE)
+# A manifest is a few KB; anything far bigger is not one, and must not be read into memory whole.
+MAX_MANIFEST_BYTES = 16 << 20
 
 # (manifest path under "model", label) pairs that change what an embedding means. The base model
 # name and the training temperature do not: equal weights under another name are the same model.
@@ -84,26 +88,74 @@ def check_encoder(manifest: dict[str, Any], encoder: Any, description: dict[str,
         raise ManifestMismatch(f"encoder does not match the index ({lines})", diffs)
 
 
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is(value: Any, kind: type) -> bool:
+    # bool is an int in Python; a count of `true` is still wrong.
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _expect(data: dict[str, Any], where: Path, key: str, kind: type, optional: bool = False,
+            prefix: str = "") -> Any:
+    value = data.get(key)
+    if not (_is(value, kind) or (optional and value is None)):
+        raise IndexLoadError(f"{where}: '{prefix}{key}' must be {kind.__name__}, got {_type_name(value)}")
+    return value
+
+
+def _check_file_entries(files: dict[str, Any], where: Path, label: str) -> None:
+    for name, meta in files.items():
+        if not (isinstance(meta, dict) and _is(meta.get("bytes"), int) and _is(meta.get("sha256"), str)):
+            raise IndexLoadError(f"{where}: {label}[{name!r}] must be {{\"bytes\": int, \"sha256\": str}}")
+
+
+def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
+    """Every field a reader uses, with its type: a crafted manifest is refused here, naming the field,
+    instead of failing later with a TypeError deep inside a loader."""
+    if not isinstance(manifest, dict):
+        raise IndexLoadError(f"{where}: expected a JSON object, got {_type_name(manifest)}")
+    version = manifest.get("format_version")
+    if not _is(version, int) or version not in READABLE_VERSIONS:
+        raise IndexLoadError(f"{where}: format_version {version!r} is not supported (expected one of {READABLE_VERSIONS})")
+    for key, kind in (("count", int), ("dim", int), ("index_type", str), ("model", dict), ("files", dict)):
+        _expect(manifest, where, key, kind)
+    if manifest["count"] < 1 or manifest["dim"] < 1:
+        raise IndexLoadError(f"{where}: count and dim must be positive, got {manifest['count']}, {manifest['dim']}")
+    for key, kind in (("model_dir", str), ("pooling", str), ("similarity", str), ("normalize", bool),
+                      ("built_at", str), ("build", dict), ("index_params", dict), ("kb", list), ("bm25", dict)):
+        _expect(manifest, where, key, kind, optional=True)
+    model = manifest["model"]
+    for key, kind in (("encoder", dict), ("dim", int), ("normalize", bool), ("weights_sha256", str),
+                      ("architecture", str), ("quantize", str), ("runtime", str)):
+        _expect(model, where, key, kind, optional=True, prefix="model.")
+    _check_file_entries(manifest["files"], where, "files")
+    bm25 = manifest.get("bm25")
+    if bm25 is not None:
+        # The BM25 folder is always bm25/ inside the build: a manifest must not point a reader elsewhere.
+        if bm25.get("dir", "bm25") != "bm25":
+            raise IndexLoadError(f"{where}: 'bm25.dir' must be 'bm25', got {bm25.get('dir')!r}")
+        _check_file_entries(_expect(bm25, where, "files", dict, prefix="bm25."), where, "bm25.files")
+        _expect(bm25, where, "count", int, prefix="bm25.")
+    return manifest
+
+
 def read_manifest(index_dir: Path) -> dict[str, Any]:
-    """Parse and sanity-check ``manifest.json``; every failure names the file."""
+    """Parse and check ``manifest.json`` of a build directory; every failure names the file."""
     path = index_dir / MANIFEST_FILE
     if not path.is_file():
         raise IndexLoadError(f"{path}: missing (not an index directory, or an unfinished build)")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise IndexLoadError(f"{path}: {size} bytes, far too big for a manifest")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IndexLoadError(f"{path}: corrupt JSON ({e})") from e
-    if not isinstance(manifest, dict):
-        raise IndexLoadError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise IndexLoadError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
-    for key, kind in (("count", int), ("dim", int), ("index_type", str), ("model", dict), ("files", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise IndexLoadError(f"{path}: missing or invalid {key!r}")
-    if manifest["count"] < 1 or manifest["dim"] < 1:
-        raise IndexLoadError(f"{path}: count and dim must be positive, got {manifest['count']}, {manifest['dim']}")
-    return manifest
+    except RecursionError:
+        raise IndexLoadError(f"{path}: JSON nested too deeply to be a manifest") from None
+    return validate_manifest(manifest, path)
 
 
 def verify_files(index_dir: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
@@ -111,6 +163,10 @@ def verify_files(index_dir: Path, manifest: dict[str, Any], checksums: bool = Tr
     for name in CHECKSUMMED_FILES:
         path = index_dir / name
         meta = manifest["files"].get(name)
+        if name == STORE_FILE and meta is None and manifest["format_version"] == 1:
+            logger.warning("%s: built before the store was checksummed (format 1); its store is checked by schema "
+                           "and row count only. Rebuild with `dpr index` to checksum it", index_dir)
+            continue
         if not isinstance(meta, dict):
             raise IndexLoadError(f"{index_dir / MANIFEST_FILE}: no entry for {name} in 'files'")
         if not path.is_file():

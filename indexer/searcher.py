@@ -1,9 +1,11 @@
 """``SearchIndex``: an opened, verified index directory that answers top-k queries.
 
-Opening checks every file against the manifest (size, SHA-256, row counts, dims) and, given an
-encoder, that it is the encoder the index was built with. After that the object is read-only:
-FAISS searches take per-call parameters and the store gives each thread its own connection, so
-concurrent searches from several threads are safe.
+Opening resolves the build an index directory serves (:mod:`indexer.builds`), holds a lease on it
+so it is not deleted while open, and checks every file against the manifest (size, SHA-256, the
+store's schema and rows, dims) and, given an encoder, that it is the encoder the index was built
+with. After that the object is read-only: FAISS searches take per-call parameters and the store
+gives each thread its own connection, so concurrent searches from several threads are safe.
+:meth:`SearchIndex.health` tells whether the build's files are still the ones that were opened.
 """
 from __future__ import annotations
 
@@ -16,15 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.bm25_files import load_bm25
+from indexer.bm25_files import BM25_DIR, load_bm25
 from indexer.build import HASH_DTYPE
+from indexer.builds import BuildLease, build_name, current_build
 from indexer.config import IndexConfig
 from indexer.errors import IndexLoadError, ManifestMismatch
 from indexer.faiss_index import read_faiss, search_params
 from indexer.manifest import (
-    CONFIG_FILE, EMBEDDINGS_FILE, FAISS_FILE, HASHES_FILE, STORE_FILE, check_encoder, read_manifest, verify_files,
+    CHECKSUMMED_FILES, CONFIG_FILE, EMBEDDINGS_FILE, FAISS_FILE, HASHES_FILE, MANIFEST_FILE, STORE_FILE, check_encoder,
+    read_manifest, verify_files,
 )
 from indexer.store import PassageStore
+from indexer.vectors import FaissVectors, FileVectors, check_npy
 from retriever.config import check_choice, read_json
 from retriever.bm25 import BM25Index
 from retriever.data import Passage
@@ -47,50 +52,77 @@ class SearchIndex:
     """A read-only dense index with its passage store. Use :meth:`open`."""
 
     def __init__(self, index_dir: Path, manifest: dict[str, Any], config: IndexConfig, faiss_index: Any,
-                 store: PassageStore, embeddings: np.ndarray, bm25: BM25Index | None = None) -> None:
+                 store: PassageStore, vectors: FaissVectors | FileVectors, bm25: BM25Index | None = None, *,
+                 build_dir: Path | None = None, lease: BuildLease | None = None) -> None:
         self.index_dir = index_dir
+        self.build_dir = build_dir or index_dir
+        self.build = build_name(self.build_dir, index_dir)
         self.bm25 = bm25
         self.manifest = manifest
         self.config = config
         self._faiss = faiss_index
         self._store = store
-        self._embeddings = embeddings
+        self._vectors = vectors
         self._torch_embeddings: torch.Tensor | None = None
+        self._lease = lease
+        self._stamps = _file_stamps(self.build_dir, manifest)
+        self._damage: str | None = None
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder: DualEncoder | None = None, verify: bool = True) -> SearchIndex:
-        """Load and check ``index_dir``; with ``encoder``, refuse it unless it built this index.
+        """Load and check the build ``index_dir`` serves; with ``encoder``, refuse it unless it built this index.
 
-        ``verify=False`` skips the SHA-256 of the large files (sizes and counts are still checked).
-        Raises :class:`IndexLoadError` naming the bad file, or :class:`ManifestMismatch`.
+        ``index_dir``: a versioned index directory (its ``current`` build), a legacy single-directory
+        index, or one build directory. ``verify=False`` skips the SHA-256 of the large files (sizes,
+        counts and the store's schema are still checked). Raises :class:`IndexLoadError` naming the bad
+        file, or :class:`ManifestMismatch`.
         """
         index_dir = Path(index_dir)
-        if not index_dir.is_dir():
-            raise IndexLoadError(f"{index_dir}: no such index directory")
-        manifest = read_manifest(index_dir)
-        verify_files(index_dir, manifest, checksums=verify)
+        build = current_build(index_dir)
+        lease = BuildLease(build)
+        try:
+            return cls._open_build(index_dir, build, lease, encoder, verify)
+        except BaseException:
+            lease.release()
+            raise
+
+    @classmethod
+    def _open_build(cls, index_dir: Path, build: Path, lease: BuildLease, encoder: DualEncoder | None,
+                    verify: bool) -> SearchIndex:
+        manifest = read_manifest(build)
+        verify_files(build, manifest, checksums=verify)
         if encoder is not None:
             try:
                 check_encoder(manifest, encoder)
             except ManifestMismatch as e:
                 raise ManifestMismatch(f"{index_dir}: {e}", e.differences) from None
-        config = _read_config(index_dir / CONFIG_FILE, manifest)
+        config = _read_config(build / CONFIG_FILE, manifest)
         count, dim = manifest["count"], manifest["dim"]
-        embeddings = _read_array(index_dir / EMBEDDINGS_FILE, np.dtype(np.float32), (count, dim), mmap=True)
-        _read_array(index_dir / HASHES_FILE, HASH_DTYPE, (count,), mmap=True)
-        faiss_index = read_faiss(index_dir / FAISS_FILE, config)
+        check_npy(build / HASHES_FILE, HASH_DTYPE, (count,))
+        faiss_index = read_faiss(build / FAISS_FILE, config)
         if faiss_index.ntotal != count or faiss_index.d != dim:
-            raise IndexLoadError(f"{index_dir / FAISS_FILE}: holds {faiss_index.ntotal} vectors of dim "
+            raise IndexLoadError(f"{build / FAISS_FILE}: holds {faiss_index.ntotal} vectors of dim "
                                  f"{faiss_index.d}, manifest says {count} of dim {dim}")
-        bm25 = load_bm25(index_dir, manifest, verify=verify)
-        store = PassageStore(index_dir / STORE_FILE)
+        vectors: FaissVectors | FileVectors
+        if config.index_type in ("flat", "hnsw"):
+            vectors = FaissVectors(faiss_index, count, dim)
+            check_npy(build / EMBEDDINGS_FILE, np.dtype(np.float32), (count, dim))
+        else:
+            vectors = FileVectors(build / EMBEDDINGS_FILE, count, dim)
+        try:
+            bm25 = load_bm25(build, manifest, verify=verify)
+            store = PassageStore(build / STORE_FILE)
+        except BaseException:
+            vectors.close()
+            raise
         if len(store) != count:
             store.close()
+            vectors.close()
             raise IndexLoadError(f"{store.path}: holds {len(store)} passages, manifest and {FAISS_FILE} "
                                  f"say {count}")
-        logger.info("opened index %s: %d passages, %s, dim %d, %s", index_dir, count, config.index_type, dim,
-                    "with BM25" if bm25 is not None else "dense only (no bm25/)")
-        return cls(index_dir, manifest, config, faiss_index, store, embeddings, bm25)
+        logger.info("opened index %s (build %s): %d passages, %s, dim %d, %s", index_dir, build_name(build, index_dir),
+                    count, config.index_type, dim, "with BM25" if bm25 is not None else "dense only (no bm25/)")
+        return cls(index_dir, manifest, config, faiss_index, store, vectors, bm25, build_dir=build, lease=lease)
 
     # ------------------------------------------------------------------ facts
 
@@ -108,8 +140,27 @@ class SearchIndex:
 
     @property
     def embeddings(self) -> np.ndarray:
-        """The exact passage vectors, float32 [n, d], memory-mapped and read-only."""
-        return self._embeddings
+        """The exact passage vectors, float32 [n, d], read-only: FAISS's own memory for flat and HNSW;
+        read from ``embeddings.npy`` (into RAM) for IVF indexes."""
+        return self._vectors.all()
+
+    def health(self) -> str | None:
+        """None while the build's files are the ones opened; else what changed (a file truncated,
+        replaced or rewritten under the server, or a read that failed)."""
+        if self._damage is not None:
+            return self._damage
+        for name, stamp in self._stamps.items():
+            try:
+                st = (self.build_dir / name).stat()
+            except OSError:
+                return f"{name}: missing since the index was opened"
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != stamp:
+                return f"{name}: changed on disk since the index was opened"
+        return None
+
+    def mark_damaged(self, problem: str) -> None:
+        """Record a failed read; :meth:`health` reports it from then on."""
+        self._damage = problem
 
     def summary(self) -> dict[str, Any]:
         model = self.manifest["model"]
@@ -122,6 +173,7 @@ class SearchIndex:
             "pooling": self.manifest.get("pooling"),
             "similarity": self.manifest.get("similarity"),
             "built_at": self.manifest.get("built_at"),
+            "build": self.build,
             "bm25": self.bm25 is not None,
         }
 
@@ -193,19 +245,26 @@ class SearchIndex:
         return np.ascontiguousarray(q), min(int(k), len(self))
 
     def _exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = q @ self._embeddings.T                                      # [n, N]
-        if k < scores.shape[1]:
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]             # [n, k] unordered
-        else:
-            top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-        return _sorted(scores, top)
+        best_scores = np.empty((len(q), 0), dtype=np.float32)
+        best_rows = np.empty((len(q), 0), dtype=np.int64)
+        for start, block in self._vectors.blocks():
+            scores = np.concatenate([best_scores, q @ block.T], axis=1)                    # [n, k + b]
+            rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, start + len(block)),
+                                                              (len(q), len(block)))], axis=1)
+            if k < scores.shape[1]:
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]                       # [n, k] unordered
+                scores, rows = np.take_along_axis(scores, top, axis=1), np.take_along_axis(rows, top, axis=1)
+            best_scores, best_rows = scores, rows
+        order = np.lexsort((best_rows, -best_scores), axis=1)                               # ties broken by row
+        return (np.take_along_axis(best_scores, order, axis=1).astype(np.float32),
+                np.take_along_axis(best_rows, order, axis=1).astype(np.int64))
 
     def _torch_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._torch_embeddings is None:
             with warnings.catch_warnings():
-                # The memory map is read-only and torch never writes to it; no copy is made.
+                # The view is read-only and torch never writes to it; no copy is made.
                 warnings.simplefilter("ignore", UserWarning)
-                self._torch_embeddings = torch.from_numpy(self._embeddings)
+                self._torch_embeddings = torch.from_numpy(self._vectors.all())
         with torch.inference_mode():
             scores, rows = torch.topk(torch.from_numpy(q) @ self._torch_embeddings.T, k, dim=1)  # [n, k]
         return scores.numpy(), rows.numpy().astype(np.int64, copy=False)
@@ -214,29 +273,51 @@ class SearchIndex:
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         rows = np.full((len(q), k), -1, dtype=np.int64)
         for i, cand in enumerate(candidates):
-            cand = np.sort(cand[cand >= 0])                                  # sorted: sequential mmap reads
-            exact = self._embeddings[cand] @ q[i]                            # [c]
-            order = np.argsort(-exact, kind="stable")[:k]
+            cand = cand[cand >= 0]
+            exact = self._read_vectors(cand) @ q[i]                           # [c]
+            order = np.lexsort((cand, -exact))[:k]
             scores[i, :len(order)], rows[i, :len(order)] = exact[order], cand[order]
         return scores, rows
+
+    def _read_vectors(self, rows: np.ndarray) -> np.ndarray:
+        try:
+            return self._vectors.rows(rows)
+        except IndexLoadError as e:
+            self.mark_damaged(str(e))
+            raise
 
     # ------------------------------------------------------------------ passages
 
     def passages(self, rows: Sequence[int]) -> list[Passage]:
-        """The passages at FAISS ``rows``, in the same order."""
-        return self._store.by_rows(rows)
+        """The passages at FAISS ``rows``, in the same order; a row outside the index is an IndexError."""
+        rows = [int(r) for r in rows]
+        outside = [r for r in rows if not 0 <= r < len(self)]
+        if outside:
+            raise IndexError(f"{self.index_dir}: no passage at row(s) {outside[:5]} (the index has {len(self)})")
+        return self._guarded(self._store.by_rows, rows)
 
     def passage(self, pid: str) -> Passage | None:
-        return self._store.by_id(pid)
+        return self._guarded(self._store.by_id, pid)
 
     def row_of(self, pid: str) -> int | None:
         """The FAISS row of passage ``pid`` (e.g. to look up its exact vector), or None."""
-        return self._store.row_of(pid)
+        return self._guarded(self._store.row_of, pid)
+
+    def _guarded(self, read: Any, arg: Any) -> Any:
+        try:
+            return read(arg)
+        except (IndexLoadError, IndexError) as e:
+            # The store was checked at open: a row it lacks now means the file changed under us.
+            self.mark_damaged(f"{STORE_FILE}: read failed since the index was opened")
+            raise IndexLoadError(str(e)) from e
 
     def close(self) -> None:
         self._store.close()
-        self._faiss = None
         self._torch_embeddings = None
+        self._vectors.close()
+        self._faiss = None
+        if self._lease is not None:
+            self._lease.release()
 
     def __enter__(self) -> SearchIndex:
         return self
@@ -245,29 +326,27 @@ class SearchIndex:
         self.close()
 
 
-def _sorted(scores: np.ndarray, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    picked = np.take_along_axis(scores, top, axis=1)
-    # Ties broken by row so results are deterministic.
-    order = np.lexsort((top, -picked), axis=1)
-    return (np.take_along_axis(picked, order, axis=1).astype(np.float32),
-            np.take_along_axis(top, order, axis=1).astype(np.int64))
+def _file_stamps(build: Path, manifest: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime) of every file of the build, to notice one changed under a running server."""
+    names = [MANIFEST_FILE, *CHECKSUMMED_FILES]
+    bm25 = manifest.get(BM25_DIR)
+    if isinstance(bm25, dict):
+        names += [f"{BM25_DIR}/{name}" for name in bm25.get("files") or {}]
+    stamps = {}
+    for name in names:
+        try:
+            st = (build / name).stat()
+        except OSError:
+            continue
+        stamps[name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stamps
 
 
 def _read_config(path: Path, manifest: dict[str, Any]) -> IndexConfig:
     try:
         config = IndexConfig.from_dict(read_json(path))
-    except (OSError, ValueError, TypeError) as e:
-        raise IndexLoadError(f"{path}: not a valid index config ({e})") from e
+    except (OSError, ValueError, TypeError, RecursionError) as e:
+        raise IndexLoadError(f"{path}: not a valid index config ({type(e).__name__}: {e})") from e
     if config.index_type != manifest["index_type"]:
         raise IndexLoadError(f"{path}: index_type {config.index_type!r}, manifest says {manifest['index_type']!r}")
     return config
-
-
-def _read_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
-    try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise IndexLoadError(f"{path}: not a readable .npy array ({e})") from e
-    if array.dtype != dtype or array.shape != shape:
-        raise IndexLoadError(f"{path}: {array.dtype} {array.shape}, expected {dtype} {shape}")
-    return array

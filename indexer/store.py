@@ -2,7 +2,9 @@
 
 Search returns rows; the store turns them into passages without the corpus living in Python
 objects. Serving opens the file read-only with one connection per thread, because a sqlite3
-connection must not be used by two threads at once.
+connection must not be used by two threads at once. Every connection opens the same file by the
+path of its (immutable, versioned) build, so a thread that connects late still reads the build the
+index was opened from; opening checks the table's schema and that its rows are exactly 0..n-1.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ CREATE TABLE passages (
     hash  TEXT NOT NULL
 );
 """
+# What write_store creates, as PRAGMA table_info reports it: (name, declared type, not null, pk).
+_COLUMNS = [("row", "INTEGER", 0, 1), ("pid", "TEXT", 1, 0), ("title", "TEXT", 1, 0), ("text", "TEXT", 1, 0),
+            ("hash", "TEXT", 1, 0)]
 # SQLite's default limit on bound parameters is 999 in older builds.
 _MAX_PARAMS = 900
 
@@ -56,16 +61,33 @@ class PassageStore:
         self.path = Path(path)
         if not self.path.is_file():
             raise IndexLoadError(f"{self.path}: missing")
-        self._uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        # immutable=1: a published build never changes, so SQLite may skip locking and change checks.
+        self._uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
         try:
-            self._count = int(self._conn().execute("SELECT COUNT(*) FROM passages").fetchone()[0])
+            self._count = self._check()
         except sqlite3.DatabaseError as e:
             self.close()
             raise IndexLoadError(f"{self.path}: not a readable passage store ({e})") from e
+        except IndexLoadError:
+            self.close()
+            raise
+
+    def _check(self) -> int:
+        conn = self._conn()
+        columns = [(name, kind.upper(), notnull, pk)
+                   for _, name, kind, notnull, _, pk in conn.execute("PRAGMA table_info(passages)").fetchall()]
+        if columns != _COLUMNS:
+            found = ", ".join(f"{name} {kind}" for name, kind, _, _ in columns) or "no passages table"
+            raise IndexLoadError(f"{self.path}: not a passage store of this version (columns: {found})")
+        count, low, high = conn.execute("SELECT COUNT(*), MIN(row), MAX(row) FROM passages").fetchone()
+        if count and (low != 0 or high != count - 1):
+            raise IndexLoadError(f"{self.path}: rows must be 0..{count - 1}, found {low}..{high} "
+                                 "(rows deleted or added after the build)")
+        return int(count)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:

@@ -68,16 +68,23 @@ def small_nq(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture()
 def index_without_bm25(tmp_path: Path):
-    """Copy an index as one built before BM25 existed: no ``bm25/``, no ``bm25`` manifest entry."""
+    """Copy an index as one built before BM25 (and versioned builds) existed: a single directory,
+    format 1, no ``bm25/``, no ``bm25`` manifest entry."""
     import shutil
+
+    from indexer.builds import current_build
 
     def copy(index_dir: Path, name: str = "old") -> Path:
         old = tmp_path / name
-        shutil.copytree(index_dir, old)
+        shutil.copytree(current_build(index_dir), old)
         shutil.rmtree(old / "bm25")
-        manifest = json.loads((old / "manifest.json").read_text())
+        manifest_file = old / "manifest.json"
+        manifest = json.loads(manifest_file.read_text())
         del manifest["bm25"]
-        (old / "manifest.json").write_text(json.dumps(manifest))
+        del manifest["files"]["passages.sqlite"]
+        manifest["format_version"] = 1
+        manifest_file.chmod(0o644)
+        manifest_file.write_text(json.dumps(manifest))
         return old
 
     return copy

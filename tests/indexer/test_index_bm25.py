@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from indexer import IndexLoadError, SearchIndex, build_index
+from indexer.builds import current_build
 from retriever.bm25 import BM25_FILES, BM25Index
 from retriever.data import Passage, load_corpus
 
@@ -34,7 +35,7 @@ def test_bm25_save_load_round_trip_gives_the_same_results(tmp_path: Path) -> Non
 
 
 def test_built_index_records_bm25_and_searches_it(built: Path, kb80: Path) -> None:
-    manifest = json.loads((built / "manifest.json").read_text())
+    manifest = json.loads((current_build(built) / "manifest.json").read_text())
     entry = manifest["bm25"]
     assert entry["count"] == manifest["count"] == 80 and entry["library"] == "bm25s"
     assert set(entry["files"]) == set(BM25_FILES) and not entry["reused"]
@@ -53,14 +54,14 @@ def test_built_index_records_bm25_and_searches_it(built: Path, kb80: Path) -> No
 
 def test_tampered_or_missing_bm25_files_are_refused(built: Path, tmp_path: Path) -> None:
     copy = tmp_path / "tampered"
-    shutil.copytree(built, copy)
-    target = copy / "bm25" / "data.csc.index.npy"
+    shutil.copytree(built, copy, symlinks=True)
+    target = current_build(copy) / "bm25" / "data.csc.index.npy"
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
     target.write_bytes(bytes(data))
     with pytest.raises(IndexLoadError, match=r"data\.csc\.index\.npy: SHA-256 differs"):
         SearchIndex.open(copy)
-    shutil.rmtree(copy / "bm25")
+    shutil.rmtree(current_build(copy) / "bm25")
     with pytest.raises(IndexLoadError, match="missing .the manifest records a BM25 index"):
         SearchIndex.open(copy, verify=False)
 
@@ -76,13 +77,13 @@ def test_index_without_bm25_still_opens_dense_only(built: Path, index_without_bm
 def test_rebuild_reuses_bm25_only_for_the_same_passages(built: Path, kb80: Path, make_kb, tiny_encoder,
                                                         tmp_path: Path) -> None:
     out = tmp_path / "rebuilt"
-    shutil.copytree(built, out)
+    shutil.copytree(built, out, symlinks=True)
     build_index(tiny_encoder, [kb80], out, model_dir="tiny", progress=False)
-    again = json.loads((out / "manifest.json").read_text())["bm25"]
+    again = json.loads((current_build(out) / "manifest.json").read_text())["bm25"]
     assert again["reused"] is True
-    assert again["files"] == json.loads((built / "manifest.json").read_text())["bm25"]["files"]
+    assert again["files"] == json.loads((current_build(built) / "manifest.json").read_text())["bm25"]["files"]
     build_index(tiny_encoder, [make_kb("kb70.jsonl", 0, 70)], out, model_dir="tiny", progress=False)
-    changed = json.loads((out / "manifest.json").read_text())["bm25"]
+    changed = json.loads((current_build(out) / "manifest.json").read_text())["bm25"]
     assert changed["reused"] is False and changed["count"] == 70
     build_index(tiny_encoder, [make_kb("kb70.jsonl", 0, 70)], out, model_dir="tiny", progress=False, bm25=False)
-    assert "bm25" not in json.loads((out / "manifest.json").read_text()) and not (out / "bm25").exists()
+    assert "bm25" not in json.loads((current_build(out) / "manifest.json").read_text()) and not (current_build(out) / "bm25").exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from indexer import SearchIndex, build_index
+from indexer.builds import current_build
 from retriever import DualEncoder, EncoderConfig
 
 
@@ -27,15 +28,15 @@ def counted(tiny_encoder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _build_stats(index_dir: Path) -> dict:
-    return json.loads((index_dir / "manifest.json").read_text())["build"]
+    return json.loads((current_build(index_dir) / "manifest.json").read_text())["build"]
 
 
 def test_unchanged_rebuild_embeds_nothing(built: Path, kb80: Path, tiny_encoder, counted: list[int]) -> None:
-    first = np.load(built / "embeddings.npy")
+    first = np.load(current_build(built) / "embeddings.npy")
     build_index(tiny_encoder, [kb80], built, progress=False)
     stats = _build_stats(built)
     assert counted == [] and (stats["embedded"], stats["reused"]) == (0, 80)
-    np.testing.assert_array_equal(np.load(built / "embeddings.npy"), first)
+    np.testing.assert_array_equal(np.load(current_build(built) / "embeddings.npy"), first)
     SearchIndex.open(built, tiny_encoder).close()
 
 
@@ -75,7 +76,7 @@ def test_other_encoder_weights_do_not_reuse(built: Path, kb80: Path, tiny_base: 
 
 
 def test_damaged_previous_index_means_full_embed_not_failure(built: Path, kb80: Path, tiny_encoder) -> None:
-    (built / "passage_hashes.npy").write_bytes(b"garbage")
+    (current_build(built) / "passage_hashes.npy").write_bytes(b"garbage")
     build_index(tiny_encoder, [kb80], built, progress=False)
     assert _build_stats(built)["embedded"] == 80
     SearchIndex.open(built, tiny_encoder).close()

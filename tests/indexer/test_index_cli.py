@@ -8,6 +8,7 @@ import pytest
 
 from driver.main import main
 from indexer import SearchIndex
+from indexer.builds import current_build
 from retriever.encoder import load_encoder
 
 
@@ -19,7 +20,7 @@ def test_dpr_index_builds_a_servable_index(tiny_base: Path, kb80: Path, tmp_path
     assert rc == 0
     printed = capsys.readouterr().out
     assert "indexed 80 passages" in printed and "80 embedded, 0 reused" in printed
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((current_build(out) / "manifest.json").read_text())
     assert manifest["model_dir"] == str(tiny_base.resolve())
     assert manifest["index_params"]["hnsw_m"] == 8 and manifest["index_params"]["batch_size"] == 16
     # What the server does: load the recorded model, which must fit the index.

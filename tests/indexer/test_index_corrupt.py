@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from eval.faults import CHUNK_WRITTEN, _scribble, _truncate, dir_digests, kill_indexer_mid_build
+from indexer.builds import current_build
 
 
 @pytest.mark.parametrize("name,damage", [
@@ -18,7 +19,7 @@ from eval.faults import CHUNK_WRITTEN, _scribble, _truncate, dir_digests, kill_i
 def test_dpr_serve_refuses_a_damaged_file_and_names_it(built: Path, capsys, name: str, damage) -> None:
     from driver.main import main
 
-    damage(built / name)
+    damage(current_build(built) / name)
     code = main(["serve", "--index", str(built), "--port", "0"])
     err = capsys.readouterr().err
     assert code == 2
@@ -28,7 +29,7 @@ def test_dpr_serve_refuses_a_damaged_file_and_names_it(built: Path, capsys, name
 def test_missing_file_is_named(built: Path, capsys) -> None:
     from driver.main import main
 
-    (built / "passages.sqlite").unlink()
+    (current_build(built) / "passages.sqlite").unlink()
     assert main(["serve", "--index", str(built), "--port", "0"]) == 2
     assert "passages.sqlite" in capsys.readouterr().err
 
@@ -39,7 +40,7 @@ def test_kill_9_mid_build_leaves_the_served_index_untouched_and_the_rerun_resume
     middle) in chunks of 8, killed once the first chunk is on disk; the re-run must resume from it."""
     from indexer import SearchIndex
 
-    served = Path(shutil.copytree(built, tmp_path / "served"))
+    served = Path(shutil.copytree(built, tmp_path / "served", symlinks=True))
     before = dir_digests(served)
     kb = make_kb("kb24.jsonl", 0, 24)
     result = kill_indexer_mid_build(served, "minilm", [str(kb)], kill_on=CHUNK_WRITTEN,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from indexer import IndexConfig, IndexLoadError, ManifestMismatch, SearchIndex, build_index, check_encoder
+from indexer.builds import current_build
 from retriever import DualEncoder, EncoderConfig
 from retriever.data import DataError
 
@@ -41,7 +42,7 @@ def test_different_pooling_and_similarity_are_named(built: Path, tiny_base: Path
 
 
 def test_check_encoder_accepts_the_building_encoder(built: Path, tiny_encoder) -> None:
-    manifest = json.loads((built / "manifest.json").read_text())
+    manifest = json.loads((current_build(built) / "manifest.json").read_text())
     check_encoder(manifest, tiny_encoder)                       # no exception
     manifest["model"]["dim"] = 64
     with pytest.raises(ManifestMismatch, match="dim: index has 64, encoder has 32"):
@@ -49,22 +50,30 @@ def test_check_encoder_accepts_the_building_encoder(built: Path, tiny_encoder) -
 
 
 def test_rows_deleted_from_store_are_a_count_mismatch(built: Path) -> None:
-    conn = sqlite3.connect(built / "passages.sqlite")
+    store = current_build(built) / "passages.sqlite"
+    store.chmod(0o644)
+    conn = sqlite3.connect(store)
     with conn:
         conn.execute("DELETE FROM passages WHERE row >= 70")
     conn.close()
-    with pytest.raises(IndexLoadError, match=r"passages\.sqlite: holds 70 passages, .* say 80"):
+    with pytest.raises(IndexLoadError, match=r"passages\.sqlite: SHA-256 differs"):
         SearchIndex.open(built)
+    with pytest.raises(IndexLoadError, match=r"passages\.sqlite: holds 70 passages, .* say 80"):
+        SearchIndex.open(built, verify=False)
 
 
 def test_store_that_is_not_sqlite_is_named(built: Path) -> None:
-    (built / "passages.sqlite").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(IndexLoadError, match=r"passages\.sqlite: not a readable passage store"):
+    store = current_build(built) / "passages.sqlite"
+    size = store.stat().st_size
+    store.write_bytes((b"this is not a database" * (size // 22 + 1))[:size])     # same size: sizes cannot tell
+    with pytest.raises(IndexLoadError, match=r"passages\.sqlite: SHA-256 differs"):
         SearchIndex.open(built)
+    with pytest.raises(IndexLoadError, match=r"passages\.sqlite: not a readable passage store"):
+        SearchIndex.open(built, verify=False)
 
 
 def test_corrupt_faiss_file_is_named(built: Path) -> None:
-    path = built / "index.faiss"
+    path = current_build(built) / "index.faiss"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -73,15 +82,15 @@ def test_corrupt_faiss_file_is_named(built: Path) -> None:
 
 
 def test_unreadable_faiss_file_is_named_without_checksums(built: Path) -> None:
-    path = built / "index.faiss"
+    path = current_build(built) / "index.faiss"
     path.write_bytes(b"\0" * path.stat().st_size)          # same size, so only FAISS itself can tell
     with pytest.raises(IndexLoadError, match=r"index\.faiss: not a readable FAISS index"):
         SearchIndex.open(built, verify=False)
 
 
 def test_truncated_files_are_named(built: Path) -> None:
-    for name in ("index.faiss", "embeddings.npy"):
-        path = built / name
+    for name in ("index.faiss", "embeddings.npy", "passages.sqlite"):
+        path = current_build(built) / name
         original = path.read_bytes()
         path.write_bytes(original[: len(original) // 3])
         with pytest.raises(IndexLoadError, match=rf"{name.replace('.', '[.]')}: size \d+ bytes, manifest says"):
@@ -92,7 +101,7 @@ def test_truncated_files_are_named(built: Path) -> None:
 
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"format_version": 99}'])
 def test_corrupt_manifest_is_named(built: Path, content: str) -> None:
-    (built / "manifest.json").write_text(content)
+    (current_build(built) / "manifest.json").write_text(content)
     with pytest.raises(IndexLoadError, match=r"manifest\.json"):
         SearchIndex.open(built)
 
@@ -100,7 +109,7 @@ def test_corrupt_manifest_is_named(built: Path, content: str) -> None:
 def test_missing_directory_and_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(IndexLoadError, match="no such index directory"):
         SearchIndex.open(tmp_path / "nope")
-    with pytest.raises(IndexLoadError, match=r"manifest\.json: missing"):
+    with pytest.raises(IndexLoadError, match=r"not an index directory .no current build and no manifest\.json"):
         SearchIndex.open(tmp_path)
 
 
@@ -168,6 +177,6 @@ def test_a_directory_that_is_not_an_index_is_never_replaced(tiny_encoder, kb80: 
     precious = tmp_path / "notes"
     precious.mkdir()
     (precious / "thesis.txt").write_text("years of work")
-    with pytest.raises(ValueError, match="not an index directory .*refusing to replace"):
+    with pytest.raises(ValueError, match="not an index directory .*refusing to write into it"):
         build_index(tiny_encoder, [kb80], precious, progress=False)
     assert (precious / "thesis.txt").read_text() == "years of work"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from indexer import IndexConfig, SearchIndex, build_index
+from indexer.builds import current_build
 from retriever.data import load_corpus
 
 
@@ -18,17 +19,22 @@ def _questions(n: int) -> list[str]:
 
 
 def test_build_writes_all_files_and_manifest(built: Path, kb80: Path, tiny_encoder) -> None:
-    names = {p.name for p in built.iterdir()}
+    assert {p.name for p in built.iterdir()} == {"builds", "current"}
+    build = current_build(built)
+    assert build.parent == (built / "builds").resolve() and (built / "current").is_symlink()
+    names = {p.name for p in build.iterdir()}
     assert names == {"index.faiss", "passages.sqlite", "embeddings.npy", "passage_hashes.npy",
                      "index_config.json", "manifest.json", "bm25"}
-    manifest = json.loads((built / "manifest.json").read_text())
+    # Published files are read-only: nothing rewrites a build in place.
+    assert all(not p.stat().st_mode & 0o222 for p in build.rglob("*") if p.is_file())
+    manifest = json.loads((current_build(built) / "manifest.json").read_text())
     assert manifest["count"] == 80 and manifest["dim"] == tiny_encoder.dim == 32
     assert manifest["model"]["weights_sha256"] == tiny_encoder.fingerprint()
     assert manifest["model_dir"] == "tiny"
     assert (manifest["pooling"], manifest["similarity"], manifest["normalize"]) == ("mean", "cos", True)
     assert manifest["kb"][0]["path"] == str(kb80.resolve()) and len(manifest["kb"][0]["sha256"]) == 64
     assert manifest["index_type"] == "flat" and manifest["build"]["embedded"] == 80
-    assert json.loads((built / "index_config.json").read_text())["index_type"] == "flat"
+    assert json.loads((current_build(built) / "index_config.json").read_text())["index_type"] == "flat"
     assert not [p for p in built.parent.iterdir() if p.name.startswith(".")]   # no temp dirs left
 
 
@@ -131,7 +137,7 @@ def test_ivfpq_builds_with_auto_params_and_rescored_results(tiny_encoder, make_k
     # pq_m=48 does not divide the tiny model's 32 dims: it is lowered to a divisor, not an error.
     config = IndexConfig(index_type="ivfpq", pq_nbits=4, nprobe=4)
     out = build_index(tiny_encoder, [kb], tmp_path / "ivfpq", config, progress=False)
-    saved = json.loads((out / "index_config.json").read_text())
+    saved = json.loads((current_build(out) / "index_config.json").read_text())
     assert saved["pq_m"] == 32 and saved["ivf_nlist"] == round(4 * 200 ** 0.5) and saved["nprobe"] == 4
     with SearchIndex.open(out, tiny_encoder) as index:
         import faiss

@@ -17,6 +17,7 @@ import torch
 from driver.main import main
 from indexer import SearchIndex, build_index
 from indexer.build import default_work_dir, embed_shard
+from indexer.builds import current_build
 from indexer.merge import merge_shards
 from indexer.shards import ShardError, ShardSpec
 from retriever import DualEncoder, EncoderConfig
@@ -44,7 +45,7 @@ def spy(encoder: DualEncoder, monkeypatch: pytest.MonkeyPatch, fail_on_call: int
 
 
 def _manifest(index_dir: Path) -> dict:
-    return json.loads((index_dir / "manifest.json").read_text())
+    return json.loads((current_build(index_dir) / "manifest.json").read_text())
 
 
 def test_crash_after_two_chunks_resumes_with_the_rest(tiny_encoder, kb80: Path, tmp_path: Path,
@@ -74,12 +75,12 @@ def test_crash_after_two_chunks_resumes_with_the_rest(tiny_encoder, kb80: Path, 
 
 def test_crash_leaves_the_served_index_untouched(built: Path, kb80: Path, make_kb, tiny_encoder,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    before = (built / "manifest.json").read_bytes()
+    before = (current_build(built) / "manifest.json").read_bytes()
     extra = make_kb("extra.jsonl", 0, 40, source="nq-oracle-val.json")
     spy(tiny_encoder, monkeypatch, fail_on_call=2)
     with pytest.raises(Crash):
         build_index(tiny_encoder, [kb80, extra], built, chunk_size=16, progress=False)
-    assert (built / "manifest.json").read_bytes() == before
+    assert (current_build(built) / "manifest.json").read_bytes() == before
     with SearchIndex.open(built, tiny_encoder) as index:
         assert len(index) == 80
 
@@ -155,7 +156,7 @@ def test_shards_merged_equal_a_single_build(built: Path, tiny_encoder, kb80: Pat
     one, two = _manifest(built), _manifest(merged)
     assert two["count"] == one["count"] == 80 and two["kb"] == one["kb"] and two["model"] == one["model"]
     assert two["build"]["merged_shards"] == 3
-    np.testing.assert_allclose(np.load(merged / "embeddings.npy"), np.load(built / "embeddings.npy"), atol=1e-5)
+    np.testing.assert_allclose(np.load(current_build(merged) / "embeddings.npy"), np.load(current_build(built) / "embeddings.npy"), atol=1e-5)
     with SearchIndex.open(merged, tiny_encoder) as a, SearchIndex.open(built, tiny_encoder) as b:
         assert [p.pid for p in a.passages(range(80))] == [p.pid for p in b.passages(range(80))]
         q = tiny_encoder.encode_queries(["who wrote it", "where is the river"])
@@ -166,9 +167,9 @@ def test_float16_shards_merge_close_to_float32(built: Path, tiny_encoder, kb80: 
     dirs = _shards(tiny_encoder, kb80, tmp_path, 2, dtype="float16")
     assert np.load(dirs[0] / "emb-00000.npy").dtype == np.float16
     merged = merge_shards(dirs, tmp_path / "merged", progress=False)
-    vectors = np.load(merged / "embeddings.npy")
+    vectors = np.load(current_build(merged) / "embeddings.npy")
     assert vectors.dtype == np.float32
-    np.testing.assert_allclose(vectors, np.load(built / "embeddings.npy"), atol=2e-3)
+    np.testing.assert_allclose(vectors, np.load(current_build(built) / "embeddings.npy"), atol=2e-3)
 
 
 def test_merge_refuses_bad_shard_sets(tiny_encoder, tiny_base: Path, kb80: Path, tmp_path: Path,

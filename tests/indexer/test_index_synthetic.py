@@ -9,22 +9,23 @@ import numpy as np
 from eval.ann_index import build_synthetic_index
 from eval.synthetic import synthetic_passages
 from indexer import SearchIndex
+from indexer.builds import current_build
 
 
 def test_synthetic_index_opens_with_minilm_manifest_and_is_cached(tmp_path: Path) -> None:
     out = build_synthetic_index(tmp_path / "syn", 300, "hnsw", hnsw_m=8, progress=False)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((current_build(out) / "manifest.json").read_text())
     assert manifest["model_dir"] == "minilm" and manifest["dim"] == 384 and manifest["count"] == 300
     assert manifest["model"]["architecture"] == "bert" and "bm25" not in manifest
     with SearchIndex.open(out) as index:
         np.testing.assert_array_equal(index.embeddings, synthetic_passages(300, 384))
         _, rows = index.search(index.embeddings[7], 3)
         assert rows[0, 0] == 7 and index.passages([7])[0].pid == "syn-7"
-    stamp = (out / "manifest.json").stat().st_mtime_ns
+    stamp = (current_build(out) / "manifest.json").stat().st_mtime_ns
     assert build_synthetic_index(tmp_path / "syn", 300, "hnsw", hnsw_m=8, progress=False) == out
-    assert (out / "manifest.json").stat().st_mtime_ns == stamp        # reused, not rebuilt
+    assert (current_build(out) / "manifest.json").stat().st_mtime_ns == stamp        # reused, not rebuilt
     build_synthetic_index(tmp_path / "syn", 300, "hnsw", hnsw_m=12, progress=False)
-    assert json.loads((out / "manifest.json").read_text())["index_params"]["hnsw_m"] == 12
+    assert json.loads((current_build(out) / "manifest.json").read_text())["index_params"]["hnsw_m"] == 12
 
 
 def test_bench_ann_small_run_writes_table_the_planner_reads(tmp_path: Path) -> None:

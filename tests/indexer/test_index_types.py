@@ -10,6 +10,7 @@ import pytest
 from eval.synthetic import synthetic_passages, synthetic_queries
 from indexer import IndexConfig, SearchIndex
 from indexer.build import build_index_from_vectors
+from indexer.builds import current_build
 from indexer.searcher import TORCH_FLAT_FROM
 from retriever.data import Passage
 
@@ -48,7 +49,7 @@ def test_ivfflat_probing_every_list_is_exact(vectors, tiny_encoder, tmp_path: Pa
 def test_ivfpq_with_opq_rescored_on_exact_vectors(vectors, tiny_encoder, tmp_path: Path) -> None:
     out = _build(vectors, tmp_path / "opq", tiny_encoder, index_type="ivfpq", ivf_nlist=16, pq_m=8, pq_nbits=4,
                  nprobe=8, opq=True, train_sample=800)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((current_build(out) / "manifest.json").read_text())
     assert manifest["index_params"]["opq"] is True and manifest["index_params"]["train_sample"] == 800
     q = synthetic_queries(vectors, 30)
     with SearchIndex.open(out, tiny_encoder) as index:

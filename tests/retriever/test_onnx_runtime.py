@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.builds import current_build
 from retriever.data import Passage
 from retriever.runtime import check_runtime, prepare_encoder
 
@@ -138,7 +139,7 @@ def test_onnx_index_records_runtime_and_any_runtime_serves_it(saved_model: Path,
     out = tmp_path / "idx"
     assert main(["index", "--model", str(model), "--kb", str(train), "--out", str(out), "--runtime", "onnx",
                  "--no-bm25", "--no-progress"]) == 0
-    recorded = json.loads((out / "manifest.json").read_text())["model"]
+    recorded = json.loads((current_build(out) / "manifest.json").read_text())["model"]
     assert (recorded["runtime"], recorded["quantize"]) == ("onnx", "none")
     torch_engine = load_engine(out)
     onnx_engine = load_engine(out, runtime="onnx", reuse=torch_engine)

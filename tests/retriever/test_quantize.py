@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.builds import current_build
 from retriever.data import Passage
 from retriever.quantize import check_mode, quantization_mismatch, quantize_encoder
 
@@ -76,7 +77,7 @@ def test_int8_index_records_quantize_and_serves_with_fp32_queries(saved_model: P
     out = tmp_path / "idx"
     assert main(["index", "--model", str(model), "--kb", str(train), "--out", str(out), "--quantize", "int8",
                  "--no-bm25", "--no-progress"]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((current_build(out) / "manifest.json").read_text())
     assert manifest["model"]["quantize"] == "int8"
     with caplog.at_level(logging.WARNING, logger="server.engine"):
         engine = load_engine(out, quantize="none")

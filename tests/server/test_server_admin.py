@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from indexer.builds import current_build
 from server.app import create_app
 from server.settings import Settings
 
@@ -15,7 +16,7 @@ from server.settings import Settings
 @pytest.fixture()
 def live_dir(index_a: Path, tmp_path: Path) -> Path:
     """A private copy of index 'a' that a test may rebuild in place."""
-    return Path(shutil.copytree(index_a, tmp_path / "live"))
+    return Path(shutil.copytree(index_a, tmp_path / "live", symlinks=True))
 
 
 @pytest.fixture()
@@ -77,8 +78,8 @@ def test_failed_reload_keeps_serving(admin_client: TestClient, live_dir: Path, t
         r = admin_client.post("/admin/reload", json={"index_dir": str(tmp_path / "nowhere")})
         assert r.status_code == 422 and "nowhere" in r.json()["detail"]
     elif case == "corrupt index":
-        broken = Path(shutil.copytree(live_dir, tmp_path / "broken"))
-        (broken / "manifest.json").write_text("{not json")
+        broken = Path(shutil.copytree(live_dir, tmp_path / "broken", symlinks=True))
+        (current_build(broken) / "manifest.json").write_text("{not json")
         r = admin_client.post("/admin/reload", json={"index_dir": str(broken)})
         assert r.status_code == 422 and "manifest.json" in r.json()["detail"]
     else:

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer import IndexLoadError, ManifestMismatch
+from indexer.builds import current_build
 from server.app import create_app
 from server.settings import Settings
 
@@ -39,8 +40,8 @@ def test_explicit_matching_model_is_used(index_a: Path, tiny_model_dir: Path) ->
 def test_broken_index_refused_at_startup(index_a: Path, tmp_path: Path) -> None:
     import shutil
 
-    broken = Path(shutil.copytree(index_a, tmp_path / "broken"))
-    (broken / "index.faiss").write_bytes(b"garbage")
+    broken = Path(shutil.copytree(index_a, tmp_path / "broken", symlinks=True))
+    (current_build(broken) / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(IndexLoadError, match="index.faiss"):
         with TestClient(create_app(Settings(index_dir=broken))):
             pass
