@@ -52,13 +52,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no index to serve: pass --index DIR or set DPR_INDEX_DIR")
     if not settings.index_dir.is_dir():
         raise FileNotFoundError(f"{settings.index_dir}: no such index directory")
+    from server.protocol import guarded_protocol
+
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on", log_config=None,
                             access_log=not args.no_access_log, timeout_graceful_shutdown=10,
-                            # uvicorn's 5 s default races clients that reuse an idle pooled connection
-                            # as the server drops it (a reset request: seen once under load, `dpr bench
-                            # reliability`); keep it above common client pool idle times.
-                            timeout_keep_alive=75)
+                            timeout_keep_alive=settings.keep_alive_s, loop=settings.event_loop,
+                            http=guarded_protocol(settings.header_timeout_s, settings.body_timeout_s,
+                                                  settings.max_connections, on_reject=app.state.metrics.reject))
     server = uvicorn.Server(config)
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not args.verbose and not any(isinstance(f, _DropLifespanTraceback) for f in uvicorn_log.filters):

@@ -282,8 +282,8 @@ class SearchIndex:
     def _read_vectors(self, rows: np.ndarray) -> np.ndarray:
         try:
             return self._vectors.rows(rows)
-        except IndexLoadError as e:
-            self.mark_damaged(str(e))
+        except IndexLoadError:
+            self.mark_damaged(f"{EMBEDDINGS_FILE}: read failed since the index was opened")
             raise
 
     # ------------------------------------------------------------------ passages

@@ -86,11 +86,15 @@ class DualEncoder(nn.Module):
 
     @classmethod
     def from_base(cls, config: EncoderConfig) -> DualEncoder:
-        """Fresh towers from a pretrained checkpoint (hub name, local dir, or ``minilm``)."""
+        """Fresh towers from a pretrained checkpoint (hub name, local dir, or ``minilm``).
+
+        Weights are read from safetensors only: a checkpoint that has only a pickled
+        ``pytorch_model.bin`` is refused rather than unpickled.
+        """
         path = resolve_model_path(config.base_model)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        query_model = AutoModel.from_pretrained(path)
-        passage_model = None if config.tie_encoders else AutoModel.from_pretrained(path)
+        query_model = AutoModel.from_pretrained(path, use_safetensors=True)
+        passage_model = None if config.tie_encoders else AutoModel.from_pretrained(path, use_safetensors=True)
         return cls(config, query_model, tokenizer, passage_model).eval()
 
     @classmethod

@@ -14,10 +14,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server import admin, routes
+from server.auth import RateLimiter
 from server.batcher import MicroBatcher
 from server.engine import EngineHolder, load_engine
 from server.errors import install_error_handlers
-from server.limits import BodyLimitMiddleware
+from server.limits import AdmissionGate, BodyLimitMiddleware
 from server.metrics import Metrics, MetricsMiddleware
 from server.settings import Settings
 
@@ -84,13 +85,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.page_html = PAGE.read_text(encoding="utf-8")
     app.state.search_limiter = anyio.CapacityLimiter(settings.resolved_search_workers())
+    app.state.gate = AdmissionGate(app.state.search_limiter, settings.max_queue)
+    app.state.api_keys = settings.api_key_list()
+    app.state.rate_limiter = (RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+                              if settings.rate_limit_per_s > 0 else None)
     app.state.startup_error = None
     app.state.batcher = None
     install_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
     # add_middleware wraps what is already there: the last added runs first. Metrics outermost so
-    # it counts requests the body limit rejects.
+    # it counts requests the body limit (and its framing check) rejects.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

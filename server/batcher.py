@@ -17,6 +17,9 @@ What does not change with batching:
   alone, and only the ones that fail again get the error.
 - The query-embedding LRU (:meth:`Engine.encode` looks up each query before encoding the misses).
 - Modes: requests are grouped by ``(mode, k)``; the dense/hybrid ones share one encode.
+
+The queue is bounded (``max_queue``): when it is full a request is refused at once with
+:class:`server.errors.Overloaded` (503 + ``Retry-After``) rather than waiting behind thousands.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import anyio.to_thread
 import numpy as np
 
 from server.engine import Engine
+from server.errors import Overloaded
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class MicroBatcher:
         self.settings = settings
         self.max_wait_s = settings.microbatch_max_wait_ms / 1000
         self.max_size = settings.microbatch_max_size
+        self.max_queue = settings.max_queue
         self.workers = workers
         self._limiter = limiter
         self._queue: asyncio.Queue[_Item] | None = None
@@ -72,7 +77,7 @@ class MicroBatcher:
     # ------------------------------------------------------------------ lifecycle (inside the event loop)
 
     def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(maxsize=self.max_queue)
         self._slots = asyncio.Semaphore(self.workers)
         self._collector = asyncio.get_running_loop().create_task(self._collect(), name="microbatch-collector")
         logger.info("micro-batching on: max wait %.1f ms, max batch %d, %d batch(es) at once",
@@ -105,7 +110,10 @@ class MicroBatcher:
         if self._queue is None or self._collector is None:
             raise BatcherClosed("the micro-batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(engine, query, k, mode, future))
+        try:
+            self._queue.put_nowait(_Item(engine, query, k, mode, future))
+        except asyncio.QueueFull:
+            raise Overloaded(self.max_queue) from None
         return await future
 
     # ------------------------------------------------------------------ the collector

@@ -29,7 +29,15 @@ SEARCH_MODES = ("dense", "bm25", "hybrid")
 
 
 class EngineLoadError(RuntimeError):
-    """The model an index names cannot be loaded; the message names the index and the model."""
+    """The model an index names cannot be loaded, or the pair fails its test search.
+
+    The message names the index and the model; ``public`` is the same without what only the server's
+    file system can tell (for API answers; the full reason is logged).
+    """
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public or message
 
 
 class NotReady(RuntimeError):
@@ -100,15 +108,18 @@ class Engine:
                 out[i] = hit
         if todo:
             texts = list(todo)
-            with self._tokenizer_lock:
-                inputs = self.encoder.tokenize_queries(texts)
-            with torch.inference_mode():
-                emb = self.encoder.embed_queries(inputs).float().numpy()    # [u, d]
+            emb = self._embed(texts)                                      # [u, d]
             for text, vec in zip(texts, emb, strict=True):
                 vec = np.array(vec, dtype=np.float32)                     # own copy, not a view of the batch
                 self.cache.put(text, vec)
                 out[todo[text]] = vec
         return out
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        with self._tokenizer_lock:
+            inputs = self.encoder.tokenize_queries(texts)
+        with torch.inference_mode():
+            return self.encoder.embed_queries(inputs).float().numpy()       # [n, d]
 
     @property
     def has_bm25(self) -> bool:
@@ -156,6 +167,23 @@ class Engine:
 
     def passage(self, pid: str) -> Passage | None:
         return self.index.passage(pid)
+
+    def health(self) -> str | None:
+        """None while the index's files are the ones it opened; else what is wrong (for ``/readyz``)."""
+        return self.index.health()
+
+    def selfcheck(self) -> None:
+        """One search in every mode the index serves, passages fetched: a build that opens but cannot
+        answer is refused before it is swapped in. Raises :class:`EngineLoadError`."""
+        modes = ("dense", "bm25", "hybrid") if self.has_bm25 else ("dense",)
+        probe = "test search of a new index"
+        try:
+            emb = self._embed([probe])                 # not through the query cache
+            for mode in modes:
+                self.search([probe], min(10, len(self)), mode=mode, query_emb=None if mode == "bm25" else emb)
+        except Exception as e:  # noqa: BLE001 - any failure of a fresh build is a reason to refuse it
+            raise EngineLoadError(f"{self.index_dir}: the index failed a test search: {type(e).__name__}: {e}",
+                                  f"the index failed a test search ({type(e).__name__})") from e
 
     def summary(self) -> dict[str, Any]:
         return {**self.index.summary(), "index_dir": str(self.index_dir), "model_dir": self.model_dir,
@@ -213,6 +241,8 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
                 cache_size: int = 1024, quantize: str = "none", runtime: str = "torch") -> Engine:
     """Open ``index_dir`` and the model it was built with (or ``model_dir``), refusing a mismatch.
 
+    Everything is checked before the engine is returned: every file against the manifest (SHA-256),
+    the model against the index, and one test search in every mode (:meth:`Engine.selfcheck`).
     ``reuse``: an engine whose encoder is kept when it is the model asked for (a reload of a newer
     build from the same model does not load the weights again). ``quantize`` ("int8") and ``runtime``
     ("onnx"): how queries are encoded, :func:`retriever.runtime.prepare_encoder` (an index embedded at
@@ -227,7 +257,8 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
     try:
         ref = model_ref(model_dir) if model_dir else index.model_dir
         if not ref:
-            raise EngineLoadError(f"{Path(index_dir) / 'manifest.json'}: records no model_dir; pass --model")
+            raise EngineLoadError(f"{index.build_dir / 'manifest.json'}: records no model_dir; pass --model",
+                                  "the index's manifest records no model_dir")
         if (reuse is not None and reuse.model_dir == ref and reuse.encoder.quantization == quantize
                 and reuse.encoder.runtime == runtime):
             encoder = reuse.encoder
@@ -235,8 +266,10 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
             logger.info("loading model %s", ref)
             try:
                 encoder = load_encoder(ref)
-            except (OSError, ValueError) as e:
-                raise EngineLoadError(f"cannot load model {ref!r} for index {index_dir}: {e}") from e
+            except Exception as e:  # noqa: BLE001 - transformers raises many types; all mean "not a model"
+                raise EngineLoadError(f"cannot load model {ref!r} for index {index_dir}: {e}",
+                                      f"cannot load the model the index names ({type(e).__name__}; see the "
+                                      "server log)") from e
             try:
                 prepare_encoder(encoder, runtime, quantize)
             except (RuntimeError, ValueError) as e:
@@ -248,8 +281,11 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
         warning = quantization_mismatch(index.manifest["model"].get("quantize"), quantize)
         if warning:
             logger.warning("%s: %s", index_dir, warning)
+        engine = Engine(index, encoder, model_dir=ref, cache_size=cache_size)
+        engine.selfcheck()
     except BaseException:
         index.close()
         raise
-    logger.info("serving %s (%d passages, dim %d) with model %s", index_dir, len(index), index.dim, ref)
-    return Engine(index, encoder, model_dir=ref, cache_size=cache_size)
+    logger.info("serving %s (build %s, %d passages, dim %d) with model %s", index_dir, index.build, len(index),
+                index.dim, ref)
+    return engine

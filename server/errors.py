@@ -1,7 +1,10 @@
 """Every error the API returns is JSON ``{"error": "...", "detail": ...}``; none is a bare 500.
 
 Bad input is the client's fault and gets a 4xx naming what is wrong; an unexpected exception is
-logged with its traceback and answered with a 500 whose body says only that.
+logged with its traceback and answered with a 500 whose body says only that. A client that hangs
+up mid-request is neither: it is counted as 499 and logged at debug level. Too much load is a 503
+with ``Retry-After``; an index whose files were damaged under the server is a 503 as well (and
+``/readyz`` says so), since no request can fix it.
 """
 from __future__ import annotations
 
@@ -12,9 +15,14 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from indexer.errors import IndexLoadError
 from server.engine import NotReady
+
+CLIENT_CLOSED = 499
+RETRY_AFTER_S = 1
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +36,14 @@ class APIError(Exception):
         self.error = error
         self.detail = detail
         self.headers = headers
+
+
+class Overloaded(APIError):
+    """More searches are waiting than the server admits (``max_queue``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(503, "server overloaded: too many searches waiting, retry shortly",
+                         {"max_queue": limit}, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 class BodyTooLarge(APIError):
@@ -71,6 +87,20 @@ async def _not_ready(request: Request, exc: Exception) -> Response:
     return error_response(503, "not ready: no index is loaded", str(exc), {"Retry-After": "5"})
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    # Sent into the void (uvicorn drops writes to a closed connection); its status is what the
+    # metrics record.
+    logger.debug("client went away during %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED)
+
+
+async def _damaged_index(request: Request, exc: Exception) -> Response:
+    # Opening checked every file; failing now means a file changed under the running server.
+    logger.error("index read failed on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(503, "the loaded index is damaged (a file changed on disk since it was opened); "
+                          "see /readyz and the server log", None, {"Retry-After": "30"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal server error", f"{type(exc).__name__}; see the server log")
@@ -81,4 +111,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(NotReady, _not_ready)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
+    app.add_exception_handler(IndexLoadError, _damaged_index)
     app.add_exception_handler(Exception, _unexpected)

@@ -8,9 +8,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.protocol import READ_TIMEOUT_KEY
+
 # Search latency on a CPU sits between ~5 ms and a few hundred; finer buckets where it matters.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED = "<unmatched>"
+# Every label comes from a fixed set, so no client can grow /metrics: the method from these (else
+# "other"), the route from the app's templates (else UNMATCHED), the status from 100..599.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+REJECT_REASONS = frozenset({"malformed", "timeout", "connections"})
 
 
 class Metrics:
@@ -26,8 +32,16 @@ class Metrics:
         self.reloads = Counter("dpr_index_reloads", "admin reloads by outcome", ["outcome"], registry=self.registry)
         self.queries = Counter("dpr_queries", "queries searched (a batch counts each of its queries)",
                                registry=self.registry)
+        self.rejected = Counter("dpr_http_rejected", "requests the HTTP layer refused before the app saw them "
+                                "(malformed or ambiguous framing, a read timeout, too many connections)",
+                                ["reason"], registry=self.registry)
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason if reason in REJECT_REASONS else "other").inc()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"
+        status = status if 100 <= status <= 599 else 500
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
@@ -60,5 +74,13 @@ class MetricsMiddleware:
         finally:
             # The template (/passages/{pid}), not the path: one series per route, not per passage id.
             route: Any = scope.get("route")
-            self.metrics.observe(getattr(route, "path", UNMATCHED), scope["method"], status,
-                                 time.perf_counter() - start)
+            path = getattr(route, "path", None)
+            self.metrics.observe(path if isinstance(path, str) else UNMATCHED, scope["method"],
+                                 _status(scope, status), time.perf_counter() - start)
+
+
+def _status(scope: Scope, status: int) -> int:
+    """408 for a request dropped by the body timeout (server/protocol.py), else what the app answered."""
+    if (scope.get("extensions") or {}).get(READ_TIMEOUT_KEY):
+        return 408
+    return status

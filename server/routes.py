@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from typing import Annotated
 
-import anyio.to_thread
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from starlette.responses import Response
 
+from server.auth import require_client
 from server.batcher import server_timing
 from server.deps import EngineDep, HolderDep, MetricsDep, SettingsDep, json_response
 from server.engine import Engine
@@ -28,7 +29,21 @@ from server.settings import Settings
 
 router = APIRouter()
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 409, 413, 422, 503)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 409, 413, 422, 429, 503)}
+
+
+# The body is read by a dependency listed before EngineDep: a client that stalls mid-body holds no
+# engine, so a retired index is never kept in memory by a slow (or hostile) upload.
+async def _search_body(request: Request) -> SearchRequest:
+    return await read_json(request, SearchRequest)
+
+
+async def _batch_body(request: Request) -> BatchSearchRequest:
+    return await read_json(request, BatchSearchRequest)
+
+
+SearchBody = Annotated[SearchRequest, Depends(_search_body)]
+BatchBody = Annotated[BatchSearchRequest, Depends(_batch_body)]
 
 
 def _body_doc(model: type) -> dict:
@@ -41,15 +56,14 @@ async def _search(request: Request, engine: Engine, queries: list[str], k: int, 
     search = partial(engine.search, queries, k, mode=mode, method=settings.hybrid_method,
                      alpha=settings.hybrid_alpha, rrf_k=settings.hybrid_rrf_k, depth=settings.hybrid_depth,
                      timings=timings)
-    # A capacity limiter, not the 40-thread default pool: more concurrent encodes than cores only
-    # thrash torch's thread pools and make every request slower.
-    return await anyio.to_thread.run_sync(search, limiter=request.app.state.search_limiter)
+    return await request.app.state.gate.run(search)
 
 
-@router.post("/search", responses={200: {"model": SearchResponse}, **_ERRORS}, openapi_extra=_body_doc(SearchRequest))
-async def search(request: Request, engine: EngineDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
+@router.post("/search", responses={200: {"model": SearchResponse}, **_ERRORS}, openapi_extra=_body_doc(SearchRequest),
+             dependencies=[Depends(require_client)])
+async def search(request: Request, body: SearchBody, engine: EngineDep, settings: SettingsDep,
+                 metrics: MetricsDep) -> Response:
     start = time.perf_counter()
-    body = await read_json(request, SearchRequest)
     check_k(body.k, settings)
     query = check_query(body.query, settings)
     mode = resolve_mode(body.mode, engine.has_bm25, settings)
@@ -68,11 +82,11 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep, met
 
 
 @router.post("/search/batch", responses={200: {"model": list[SearchResponse]}, **_ERRORS},
-             openapi_extra=_body_doc(BatchSearchRequest))
-async def search_batch(request: Request, engine: EngineDep, settings: SettingsDep, metrics: MetricsDep) -> Response:
+             openapi_extra=_body_doc(BatchSearchRequest), dependencies=[Depends(require_client)])
+async def search_batch(request: Request, body: BatchBody, engine: EngineDep, settings: SettingsDep,
+                       metrics: MetricsDep) -> Response:
     """All queries are encoded in one batch; ``took_ms`` is the time for the whole batch."""
     start = time.perf_counter()
-    body = await read_json(request, BatchSearchRequest)
     check_k(body.k, settings)
     queries = check_batch(body.queries, settings)
     mode = resolve_mode(body.mode, engine.has_bm25, settings)
@@ -83,7 +97,8 @@ async def search_batch(request: Request, engine: EngineDep, settings: SettingsDe
                           for q, hits in zip(body.queries, results, strict=True)])
 
 
-@router.get("/passages/{pid:path}", responses={404: {"model": ErrorResponse}})
+@router.get("/passages/{pid:path}", responses={code: {"model": ErrorResponse} for code in (401, 404, 429, 503)},
+            dependencies=[Depends(require_client)])
 def get_passage(pid: str, engine: EngineDep) -> Response:
     passage = engine.passage(pid)
     if passage is None:
@@ -98,9 +113,13 @@ async def healthz() -> Response:
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
 async def readyz(holder: HolderDep) -> Response:
+    """Ready when an index is loaded and its files are still the ones it opened (503 otherwise)."""
     engine = holder.current
     if engine is None:
         raise APIError(503, "not ready: no index is loaded")
+    problem = engine.health()
+    if problem is not None:
+        raise APIError(503, "not ready: the loaded index is damaged", {"problem": problem, "index": engine.summary()})
     return json_response({"status": "ready", "index": engine.summary()})
 
 

@@ -27,8 +27,28 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(1000, ge=1)
     max_batch: int = Field(64, ge=1)
     max_body_bytes: int = Field(65536, ge=256)
+    # Connection limits (server/protocol.py): from connect (or a kept-alive request's first byte) to the
+    # end of the headers, and from there to the end of the body; a client slower than that is sent 408
+    # and dropped. Connections beyond max_connections are answered 503 and closed.
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    body_timeout_s: float = Field(10.0, gt=0, le=3600)
+    max_connections: int = Field(1024, ge=1)
+    # uvicorn's 5 s default races clients that reuse an idle pooled connection as the server drops it (a
+    # reset request, seen once under load in `dpr bench reliability`); kept above common pool idle times.
+    keep_alive_s: int = Field(75, ge=1)
+    # The asyncio event loop implementation uvicorn runs (uvloop: libuv, a dependency).
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
+    # Searches admitted but not yet running (micro-batcher queue, or waiting for a search worker); one
+    # more is answered 503 with Retry-After instead of queueing without bound.
+    max_queue: int = Field(256, ge=1)
     # No token means the admin endpoints are disabled, not open.
     admin_token: SecretStr | None = None
+    # Comma-separated bearer keys for /search, /search/batch and /passages (none: open). /healthz,
+    # /readyz, /metrics and the page stay open; admin has its own token.
+    api_keys: SecretStr | None = None
+    # Per-client token bucket (client: its API key when keys are set, else its address); 0 turns it off.
+    rate_limit_per_s: float = Field(0.0, ge=0.0)
+    rate_limit_burst: int = Field(20, ge=1)
     # Cross-origin browser access is closed unless origins are listed (JSON list in the env var).
     cors_origins: list[str] = Field(default_factory=list)
     # Query embeddings kept per loaded model (LRU); 0 turns the cache off.
@@ -70,11 +90,16 @@ class Settings(BaseSettings):
     # Candidates taken from each side before fusing.
     hybrid_depth: int = Field(100, ge=1)
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "api_keys")
     @classmethod
     def _blank_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         # DPR_ADMIN_TOKEN= (e.g. compose's ${DPR_ADMIN_TOKEN:-}) must disable admin, not accept "".
         return value if value is not None and value.get_secret_value().strip() else None
+
+    def api_key_list(self) -> list[bytes]:
+        if self.api_keys is None:
+            return []
+        return [k.strip().encode() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     def resolved_search_workers(self) -> int:
         return self.search_workers or max(1, (os.cpu_count() or 1) // self.torch_threads)

@@ -69,10 +69,20 @@ def test_limits_and_token_come_from_the_environment(monkeypatch) -> None:
     assert (s.max_body_bytes, s.max_query_chars, s.max_k, s.max_batch) == (1000, 50, 7, 3)
 
 
-def test_admin_token_compared_in_constant_time() -> None:
-    source = (REPO / "server" / "admin.py").read_text(encoding="utf-8")
-    assert "hmac.compare_digest(" in source
-    assert not re.search(r"(given|token)\w*\s*[!=]=\s*\w*(expected|token)", source)
+def test_admin_token_and_api_keys_compared_in_constant_time(monkeypatch) -> None:
+    import hmac
+
+    from server.auth import key_matches
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+    monkeypatch.setattr("server.auth.hmac.compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    assert key_matches(b"k1", [b"k1", b"k2", b"k3"]) and len(calls) == 3      # no early exit at the match
+    assert not key_matches(b"", [b"k1"]) and not key_matches(b"k1x", [b"k1"])
+    for name in ("admin.py", "auth.py"):
+        source = (REPO / "server" / name).read_text(encoding="utf-8")
+        assert not re.search(r"(given|token|key)\w*\s*[!=]=\s*\w*(expected|token|key)", source), name
+    assert "key_matches(bearer_token(request), [expected])" in (REPO / "server" / "admin.py").read_text()
 
 
 def test_docker_image_runs_as_non_root() -> None:
