@@ -3,27 +3,35 @@
 ``dpr index --model M --kb KB --out DIR`` builds an index (resumable: re-run after a crash);
 ``dpr index --shard I/N --model M --kb KB --out SHARD_DIR`` embeds one of N shards;
 ``dpr index merge --shards DIR... --out DIR`` assembles the shards into an index;
-``dpr index plan --count N --dim D --ram-gb X`` recommends an index type.
+``dpr index plan --count N --dim D --ram-gb X`` recommends an index type;
+``dpr index rollback DIR`` makes the build before DIR's current one current again.
 """
 from __future__ import annotations
 
 import argparse
 
+from indexer.builds import DEFAULT_KEEP
 from indexer.config import INDEX_TYPES, IndexConfig
 
 _DEFAULTS = IndexConfig()
-ACTIONS = ("build", "merge", "plan")
+ACTIONS = ("build", "merge", "plan", "rollback")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", nargs="?", choices=ACTIONS, default="build",
-                        help="build (default): embed and index; merge: assemble shards; plan: recommend an index")
+                        help="build (default): embed and index; merge: assemble shards; plan: recommend an index; "
+                             "rollback: serve the previous build of DIR (then reload the server)")
+    parser.add_argument("dir", nargs="?", metavar="DIR", help="rollback: the index directory")
     parser.add_argument("--model", help="a saved dual-encoder directory, or a base model name/alias such as 'minilm'")
     parser.add_argument("--kb", action="append", metavar="PATH",
                         help="knowledge base: JSONL (id/_id,title,text), a BEIR folder, or nq_oracle JSON "
                              "(its gold passages); repeat for several. For merge: where the KB is on this "
                              "machine (default: the paths the shards recorded)")
-    parser.add_argument("--out", help="index directory (replaced atomically); with --shard, the shard directory")
+    parser.add_argument("--out", help="index directory: each build is a new snapshot under DIR/builds/, and "
+                                      "DIR/current switches to it atomically; with --shard, the shard directory")
+    parser.add_argument("--keep-builds", type=int, default=DEFAULT_KEEP,
+                        help="builds kept under DIR/builds/ for rollback, the new one included; older ones "
+                             "no server has open are deleted (default %(default)s)")
     parser.add_argument("--index-type", choices=INDEX_TYPES, default=_DEFAULTS.index_type)
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="passages per encoder batch")
     hnsw = parser.add_argument_group("hnsw")
@@ -94,11 +102,23 @@ def _summary(out: object) -> None:
         how = (f"merged {build['merged_shards']} shards" if "merged_shards" in build else
                f"{build['embedded']} embedded, {build['reused']} reused"
                + (f", {build['resumed']} resumed" if build.get("resumed") else ""))
-        print(f"indexed {len(index)} passages into {out} ({index.config.index_type}, dim {index.dim}): "
-              f"{how}{rate}, {build['seconds']}s; {sparse}")
+        print(f"indexed {len(index)} passages into {out} as build {index.build} ({index.config.index_type}, "
+              f"dim {index.dim}): {how}{rate}, {build['seconds']}s; {sparse}")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "rollback":
+        from indexer.builds import list_builds, rollback
+
+        target = args.dir or args.out
+        if not target:
+            raise ValueError("dpr index rollback needs the index directory: dpr index rollback DIR")
+        before = next((b.name for b in list_builds(target) if b.current), None)
+        now = rollback(target)
+        print(f"{target}: rolled back from build {before} to {now.name}; builds kept: "
+              f"{', '.join(b.name for b in list_builds(target))}. A running server serves it after "
+              "POST /admin/reload (or use POST /admin/rollback instead of this command)")
+        return 0
     if args.action == "plan":
         from indexer.planner import format_plan, plan_index
 
@@ -112,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
         _require(args, "shards", "out")
         out = merge_shards(args.shards, args.out, config, kb_paths=args.kb, bm25=not args.no_bm25,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, keep_builds=args.keep_builds)
         _summary(out)
         return 0
     _require(args, "model", "kb", "out")
@@ -142,6 +162,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--dtype applies to --shard only (an index stores float32 vectors)")
     out = build_index(encoder, args.kb, args.out, config, model_dir=model_ref(args.model),
                       progress=not args.no_progress, bm25=not args.no_bm25, work_dir=args.work_dir,
-                      chunk_size=chunk)
+                      chunk_size=chunk, keep_builds=args.keep_builds)
     _summary(out)
     return 0

@@ -75,10 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ckpt.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="STEPS",
                      help="write the resume state to OUT/resume every STEPS optimiser steps and at each epoch "
                           "end; a finished run deletes it (default: %(default)s)")
+    ckpt.add_argument("--dist-timeout-minutes", type=float, default=d.dist_timeout_minutes, metavar="MIN",
+                      help="under torchrun: how long ranks wait for each other in a collective, e.g. while "
+                           "rank 0 validates and mines alone (default: %(default)s)")
     ckpt.add_argument("--resume", metavar="OUT",
                      help="continue the interrupted run in OUT with its saved config (other options may be "
                           "omitted; if given they must match, except --device, --checkpoint-every, "
-                          "--grad-cache-chunk, --eval-batch-size)")
+                          "--grad-cache-chunk, --eval-batch-size, --dist-timeout-minutes)")
     neg = parser.add_argument_group("hard negatives")
     neg.add_argument("--hard-negatives", choices=HARD_NEGATIVE_SOURCES, default=d.hard_negatives,
                      help="none (in-batch only), model (mined by the current model), bm25, or file "
@@ -111,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, device=args.device, pooling=args.pooling, similarity=args.similarity,
         temperature=args.temperature, tie_encoders=args.tie_encoders, query_max_length=args.query_max_length,
         passage_max_length=args.passage_max_length, grad_cache_chunk=args.grad_cache_chunk,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, dist_timeout_minutes=args.dist_timeout_minutes,
     )
 
 

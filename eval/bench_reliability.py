@@ -7,7 +7,14 @@
   requests sent / failed, and whether the answers switched (RSS reported: it holds a new index);
 - index-kill: kill -9 `dpr index` mid-embedding -> crashes injected / data lost (served index hashes);
 - train-kill: kill -9 `dpr train` mid-epoch, then `--resume` -> crashes injected / data lost (metrics);
-- corrupt: `dpr serve` on damaged index files -> corrupt files tried / served anyway.
+- corrupt: `dpr serve` on damaged index files -> corrupt files tried / served anyway;
+- stalled: 50 slowloris connections (nothing, half a request line, half the headers, half a body) held
+  for 30 s while a client searches -> connections dropped by the server, and when;
+- metrics: 80 requests with made-up 8 KB methods and 1 KB paths -> growth of /metrics in bytes;
+- rebuild: `dpr index --out` the served directory while searching, 15 s idle, reload -> answers that
+  differ from the old build's before the reload, or are not the new build's after it;
+- tampered: stores and manifests tampered with (schema, replaced/injected rows, nested, wrong types,
+  a BM25 path out of the build) -> served anyway by `dpr serve`, accepted by `/admin/reload`.
 
 Index A = nq_oracle train + val gold passages + 1000 distractors (2,471 unique); index B = the same
 without the train passages, so train questions' top hits visibly change when B is swapped in.
@@ -33,7 +40,7 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 NQ = REPO / "data" / "nq_oracle"
 DISTRACTORS = "wiki-psgs_w100-sample1000.jsonl"
-CHECKS = ("fuzz", "load", "swap", "index-kill", "train-kill", "corrupt")
+CHECKS = ("fuzz", "load", "swap", "index-kill", "train-kill", "corrupt", "stalled", "metrics", "rebuild", "tampered")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ class ReliabilityOptions:
     concurrency: int = 32
     swap_at_s: float = 30.0
     fuzz_examples: int = 200
+    stalled_connections: int = 50
+    stalled_hold_s: float = 30.0
+    junk_requests: int = 40
+    rebuild_idle_s: float = 15.0
     checks: tuple[str, ...] = CHECKS
 
 
@@ -224,6 +235,67 @@ def check_corrupt(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
     return corrupt_and_serve(index_a, work)
 
 
+def _with_server(index: Path, log: Path, check) -> dict[str, Any]:
+    """Run ``check(url)`` against a `dpr serve` of ``index``; adds its RSS and whether it survived."""
+    served = start_server(index, log)
+    try:
+        result = check(served.url)
+        rss = rss_bytes(served.proc.pid)
+        alive = served.proc.poll() is None
+    finally:
+        code = served.stop()
+    return {**result, "server_rss_mb": round(rss / 2**20, 1) if rss else None, "server_crashed": not alive,
+            "server_exit": code, "ok": bool(result.get("ok")) and alive}
+
+
+def check_stalled(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
+    from eval.abuse import stalled_clients
+
+    return _with_server(index_a, Path(o.work) / "stalled-serve.log",
+                        lambda url: stalled_clients(url, o.stalled_connections, o.stalled_hold_s))
+
+
+def check_metrics(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
+    from eval.abuse import junk_methods
+
+    return _with_server(index_a, Path(o.work) / "metrics-serve.log", lambda url: junk_methods(url, o.junk_requests))
+
+
+def check_rebuild(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
+    from eval.faults import rebuild_while_serving
+
+    bodies, _ = _train_questions()
+    queries = [b["query"] for b in bodies[:20]]
+    return rebuild_while_serving(index_a, _kb_b(o), o.model, Path(o.work), queries, idle_s=o.rebuild_idle_s)
+
+
+def check_tampered(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
+    from eval.faults import tampered_builds
+
+    work = Path(o.work) / "tampered"
+    work.mkdir(parents=True, exist_ok=True)
+    return tampered_builds(index_a, work)
+
+
+def summary_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
+    """The same four figures for every check: inputs tried, 5xx answers, server crashes, server RSS."""
+    tried = {"fuzz": r.get("tried"), "load": r.get("sent"), "swap": r.get("sent"), "index-kill": r.get("crashes"),
+             "train-kill": r.get("crashes"), "corrupt": r.get("crashes"), "stalled": r.get("connections"),
+             "metrics": r.get("requests"), "rebuild": r.get("answers"), "tampered": r.get("tried")}.get(name)
+    if name in ("load", "swap"):
+        five = sum(n for s, n in (r.get("status_counts") or {}).items() if str(s).isdigit() and int(s) >= 500)
+    elif name == "stalled":
+        five = (r.get("probes") or {}).get("5xx")
+    else:
+        five = r.get("server_errors", 0 if name in ("index-kill", "train-kill", "corrupt") else None)
+    crashed = r.get("server_crashed")
+    if crashed is None and "server_exit" in r:
+        crashed = r["server_exit"] not in (0, -15, None)
+    rss = r.get("server_rss_mb") or r.get("rss_last10s_mb")
+    return {"check": name, "tried": tried, "5xx": five, "server_crashes": int(bool(crashed)) if crashed is not None
+            else 0, "rss_mb": rss, "ok": bool(r.get("ok"))}
+
+
 def run_reliability(o: ReliabilityOptions) -> Report:
     unknown = set(o.checks) - set(CHECKS)
     if unknown:
@@ -237,7 +309,9 @@ def run_reliability(o: ReliabilityOptions) -> Report:
              "load": lambda: check_load_and_swap(replace(o, swap_at_s=0.0), index_a, index_b),
              "swap": lambda: check_load_and_swap(o, index_a, index_b),
              "index-kill": lambda: check_index_kill(o, index_b), "train-kill": lambda: check_train_kill(o),
-             "corrupt": lambda: check_corrupt(o, index_a)}
+             "corrupt": lambda: check_corrupt(o, index_a), "stalled": lambda: check_stalled(o, index_a),
+             "metrics": lambda: check_metrics(o, index_a), "rebuild": lambda: check_rebuild(o, index_a),
+             "tampered": lambda: check_tampered(o, index_a)}
     for name in o.checks:
         logger.info("reliability check: %s", name)
         t0 = time.perf_counter()
@@ -247,7 +321,9 @@ def run_reliability(o: ReliabilityOptions) -> Report:
             logger.exception("check %s failed", name)
             report.results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         report.results[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        report.results[name]["summary"] = summary_row(name, report.results[name])
         Path(o.work, "reliability.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+    Path(o.work, "reliability.md").write_text(summary_table(report))
     return report
 
 
@@ -282,12 +358,40 @@ def headline(name: str, r: dict[str, Any]) -> str:
                 f"max loss diff {r.get('max_loss_diff')}{'; ' + r['error'][:300] if 'error' in r else ''})")
     if name == "corrupt":
         return (f"{name:<11} {status} corrupt files tried / served anyway: {r['crashes']} / {r['served_corrupt']}")
+    if name == "stalled":
+        return (f"{name:<11} {status} stalled connections / dropped by the server: {r['connections']} / {r['dropped']} "
+                f"(in {r['drop_s_min']}-{r['drop_s_max']} s, answers {r['answers']}); searches meanwhile "
+                f"{r['probes']['ok']} ok / {r['probes']['5xx']} 5xx / {r['probes']['failed']} failed; "
+                f"RSS {r['server_rss_mb']} MB")
+    if name == "metrics":
+        return (f"{name:<11} {status} junk requests / /metrics growth: {r['requests']} / {r['growth_bytes']} bytes "
+                f"({r['metrics_bytes_before']} -> {r['metrics_bytes_after']}; answers {r['answers']})")
+    if name == "rebuild":
+        return (f"{name:<11} {status} answers checked / wrong: {r['answers']} / {r['wrong_answers']} "
+                f"(phases {r['phases']}; reload HTTP {r['reload_status']}, "
+                f"{r['answers_switched_after_reload']} of the queries' answers changed after it)")
+    if name == "tampered":
+        return (f"{name:<11} {status} tampered builds / served anyway / reload accepted: {r['tried']} / "
+                f"{r['served_anyway']} / {r['reload_accepted']} (5xx {r['server_errors']})")
     return f"{name:<11} {status} {r}"
+
+
+def summary_table(report: Report) -> str:
+    """Markdown: one row per check with its inputs tried, 5xx, server crashes and RSS."""
+    lines = ["| check | inputs tried | 5xx | server crashes | server RSS MB | result | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in report.results.items():
+        row = r.get("summary") or summary_row(name, r)
+        cells = ["-" if row[k] is None else str(row[k]) for k in ("tried", "5xx", "server_crashes", "rss_mb")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {'ok' if row['ok'] else 'FAIL'} | {r.get('seconds', '-')} |")
+    return "\n".join(lines) + "\n"
 
 
 def print_report(report: Report) -> None:
     for name, r in report.results.items():
         print(headline(name, r))
+    print()
+    print(summary_table(report))
     print(f"overall: {'all checks passed' if report.ok else 'SOME CHECKS FAILED'} "
           f"(details: {Path(report.options['work']) / 'reliability.json'})")
 
@@ -305,6 +409,12 @@ def add_arguments(parser: Any) -> None:
                         help="seconds into the swap check's load to hot-swap index B in (default: %(default)s)")
     parser.add_argument("--fuzz-examples", type=int, default=d.fuzz_examples,
                         help="generated requests per operation and mode (default: %(default)s)")
+    parser.add_argument("--stalled-connections", type=int, default=d.stalled_connections, help="default: %(default)s")
+    parser.add_argument("--stalled-hold", type=float, default=d.stalled_hold_s,
+                        help="seconds the stalled connections are held at most (default: %(default)s)")
+    parser.add_argument("--junk-requests", type=int, default=d.junk_requests, help="default: %(default)s")
+    parser.add_argument("--rebuild-idle", type=float, default=d.rebuild_idle_s,
+                        help="seconds idle after the in-place rebuild, before searching again (default: %(default)s)")
     parser.add_argument("--checks", default=",".join(d.checks),
                         help=f"comma-separated subset of {','.join(CHECKS)} (default: all)")
 
@@ -313,5 +423,7 @@ def options_from_args(args: Any) -> ReliabilityOptions:
     return ReliabilityOptions(work=args.work, model=args.model, distractors=args.distractors,
                               duration_s=args.duration, warmup_s=args.warmup, concurrency=args.concurrency,
                               swap_at_s=args.swap_at,
-                              fuzz_examples=args.fuzz_examples,
+                              fuzz_examples=args.fuzz_examples, stalled_connections=args.stalled_connections,
+                              stalled_hold_s=args.stalled_hold, junk_requests=args.junk_requests,
+                              rebuild_idle_s=args.rebuild_idle,
                               checks=tuple(c.strip() for c in args.checks.split(",") if c.strip()))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from indexer.build import build_index_from_vectors, content_hash
+from indexer.builds import DEFAULT_KEEP
 from indexer.config import IndexConfig
 from indexer.manifest import encoder_differences, kb_sources
 from indexer.shards import SHARD_FILE, ShardData, ShardError, ShardSpec, read_shard
@@ -71,7 +72,8 @@ def check_shard_set(headers: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Pa
 
 
 def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, config: IndexConfig = IndexConfig(),
-                 kb_paths: Sequence[str | Path] | None = None, bm25: bool = True, progress: bool = True) -> Path:
+                 kb_paths: Sequence[str | Path] | None = None, bm25: bool = True, progress: bool = True,
+                 keep_builds: int = DEFAULT_KEEP) -> Path:
     """Assemble the index at ``out_dir`` from the shard directories (any order).
 
     ``kb_paths`` overrides where the KB files are (e.g. another mount on the merging machine); they
@@ -105,4 +107,4 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, config: 
     logger.info("merging %d shards (%d passages, %s)", len(parts), len(passages), header["dtype"])
     return build_index_from_vectors(vectors, passages, out_dir, config, header["model"], header.get("model_dir"),
                                     hashes=hashes, kb=sources, build_stats=stats, bm25=bm25, progress=progress,
-                                    started=started)
+                                    started=started, keep_builds=keep_builds)

@@ -98,6 +98,15 @@ def rng_state() -> tuple[Tensor, dict[str, Any]]:
     return torch.get_rng_state(), {"python": [version, list(internal), gauss], "numpy": np_json}
 
 
+def device_rng_state(device: torch.device) -> Tensor | None:
+    """The generator of ``device`` when it is a GPU (dropout masks there come from it), else None."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_device_rng_state(device: torch.device, state: Tensor) -> None:
+    torch.cuda.set_rng_state(state, device)
+
+
 def set_rng_state(torch_state: Tensor | None, states: dict[str, Any]) -> None:
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -123,6 +132,7 @@ class ResumeState:
     torch_rng: list[Tensor]            # one per rank of the run that wrote it
     rng: dict[str, Any]
     config: dict[str, Any]
+    cuda_rng: list[Tensor] | None = None   # one per rank, when the run was on CUDA
 
 
 def resume_dir(out: str | Path) -> Path:
@@ -151,8 +161,12 @@ def recover(out: str | Path) -> None:
 
 def save_resume(out: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, trainer: dict[str, Any],
-                torch_rng: list[Tensor], config: dict[str, Any]) -> Path:
-    """Write ``<out>/resume`` atomically: a crash mid-write leaves the previous checkpoint intact."""
+                torch_rng: list[Tensor], config: dict[str, Any], cuda_rng: list[Tensor] | None = None) -> Path:
+    """Write ``<out>/resume`` atomically: a crash mid-write leaves the previous checkpoint intact.
+
+    ``torch_rng``: each rank's CPU generator; ``cuda_rng``: each rank's GPU generator when on CUDA
+    (without it a resumed GPU run would draw other dropout masks).
+    """
     target = resume_dir(out)
     opt_tensors, opt_meta = flatten_state_dict(optimizer.state_dict())
     _, rng_json = rng_state()
@@ -161,7 +175,9 @@ def save_resume(out: str | Path, model: nn.Module, optimizer: torch.optim.Optimi
     with atomic_dir(target) as tmp:
         save_model(model, str(tmp / MODEL_FILE))
         save_file(opt_tensors, str(tmp / OPTIMIZER_FILE))
-        save_file({f"torch.rank{r}": t.contiguous() for r, t in enumerate(torch_rng)}, str(tmp / RNG_FILE))
+        rng_tensors = {f"torch.rank{r}": t.contiguous() for r, t in enumerate(torch_rng)}
+        rng_tensors.update({f"cuda.rank{r}": t.contiguous().cpu() for r, t in enumerate(cuda_rng or [])})
+        save_file(rng_tensors, str(tmp / RNG_FILE))
         write_json(tmp / TRAIN_CONFIG_FILE, config)
         write_json(tmp / STATE_FILE, {"format": FORMAT_VERSION, "trainer": _jsonable(trainer),
                                       "optimizer": opt_meta, "scheduler": _jsonable(sched), "rng": rng_json})
@@ -194,12 +210,14 @@ def load_resume(out: str | Path) -> ResumeState:
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{state_file}: resume format {meta.get('format')!r}, this version reads {FORMAT_VERSION}")
     rng_tensors = load_file(str(path / RNG_FILE))
-    ranks = sorted(int(k.removeprefix("torch.rank")) for k in rng_tensors)
+    ranks = sorted(int(k.removeprefix("torch.rank")) for k in rng_tensors if k.startswith("torch.rank"))
+    cuda_ranks = sorted(int(k.removeprefix("cuda.rank")) for k in rng_tensors if k.startswith("cuda.rank"))
     optimizer = unflatten_state_dict(load_file(str(path / OPTIMIZER_FILE)), meta["optimizer"])
     return ResumeState(path=path, trainer=_from_json(meta["trainer"]), optimizer=optimizer,
                        scheduler=_from_json(meta["scheduler"]),
                        torch_rng=[rng_tensors[f"torch.rank{r}"] for r in ranks], rng=meta["rng"],
-                       config=read_json(path / TRAIN_CONFIG_FILE))
+                       config=read_json(path / TRAIN_CONFIG_FILE),
+                       cuda_rng=[rng_tensors[f"cuda.rank{r}"] for r in cuda_ranks] or None)
 
 
 def load_resume_weights(model: nn.Module, state: ResumeState) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,9 @@ from torch import Tensor
 from retriever.batching import Batch
 
 logger = logging.getLogger(__name__)
+
+# TrainConfig.dist_timeout_minutes is what training passes; this is for other callers.
+DEFAULT_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(device: str = "auto") -> DistContext:
+def setup(device: str = "auto", timeout: timedelta = DEFAULT_TIMEOUT) -> DistContext:
     """Join the process group when launched with WORLD_SIZE > 1 (gloo on CPU, nccl on GPU).
 
-    ``device="auto"`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU.
+    ``device="auto"`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU. ``timeout`` bounds
+    every collective: long enough for rank 0 to validate and mine alone while the others wait.
     """
     world = env_world_size()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -63,7 +68,7 @@ def setup(device: str = "auto") -> DistContext:
         torch.cuda.set_device(chosen)
     if not dist.is_initialized():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
         logger.info("rank %d/%d joined the %s process group on %s", rank, world, backend, chosen)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=chosen)
 

@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from retriever.batching import make_batches
-from retriever.checkpoint import load_resume, load_resume_weights, resume_dir, save_resume, set_rng_state
+from retriever.checkpoint import (device_rng_state, load_resume, load_resume_weights, resume_dir, save_resume,
+                                  set_device_rng_state, set_rng_state)
 from retriever.config import write_json
 from retriever.data import Passage
 from retriever.distributed import DistContext, all_gather_object, barrier, broadcast_object, setup, teardown
@@ -49,7 +50,7 @@ __all__ = ["Trainer", "TrainData", "TrainResult", "build_model", "build_optimize
 TIE_BREAK = "mrr@10"
 # May change between a run and its resume: they change where/how fast, not what is computed
 # (gradient caching changes dropout masks, so a resumed run with another chunk is not bit-identical).
-RESUME_FREE_FIELDS = ("device", "checkpoint_every", "grad_cache_chunk", "eval_batch_size")
+RESUME_FREE_FIELDS = ("device", "checkpoint_every", "grad_cache_chunk", "eval_batch_size", "dist_timeout_minutes")
 
 
 @dataclass(frozen=True)
@@ -258,8 +259,10 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def checkpoint(self) -> None:
-        """Write ``<out>/resume`` (rank 0; every rank contributes its torch RNG state)."""
-        torch_rng = all_gather_object(self.ctx, torch.get_rng_state())
+        """Write ``<out>/resume`` (rank 0; every rank contributes its torch RNG states, CPU and GPU)."""
+        states = all_gather_object(self.ctx, (torch.get_rng_state(), device_rng_state(self.ctx.device)))
+        torch_rng = [cpu for cpu, _ in states]
+        cuda_rng = [gpu for _, gpu in states] if all(gpu is not None for _, gpu in states) else None
         if self.ctx.is_main:
             trainer = {"epoch": self.epoch, "batch_index": self.batch_index, "global_step": self.global_step,
                        "schedule": self.schedule, "row": self.row, "log": self.log,
@@ -267,7 +270,7 @@ class Trainer:
                        "negatives": _ids(self.negatives) if self.negatives is not None
                        and self.config.hard_negatives != "file" else None}
             save_resume(self.out, self.model, self.optimizer, self.scheduler, trainer, torch_rng,
-                        self.config.to_dict())
+                        self.config.to_dict(), cuda_rng=cuda_rng)
         barrier(self.ctx)
 
     def restore(self) -> None:
@@ -298,6 +301,12 @@ class Trainer:
             logger.warning("resuming %d rank(s) from a %d-rank checkpoint: dropout masks will differ",
                            self.ctx.world_size, len(state.torch_rng))
         set_rng_state(state.torch_rng[self.ctx.rank % len(state.torch_rng)], state.rng)
+        if self.ctx.device.type == "cuda":
+            if state.cuda_rng:
+                set_device_rng_state(self.ctx.device, state.cuda_rng[self.ctx.rank % len(state.cuda_rng)])
+            else:
+                logger.warning("the checkpoint holds no CUDA RNG state (written on the CPU): dropout masks on "
+                               "the GPU will differ from an uninterrupted run")
         logger.info("resuming %s at epoch %d, batch %d (global step %d)", self.out, self.epoch, self.batch_index,
                     self.global_step)
 
@@ -315,7 +324,7 @@ def train(config: TrainConfig, progress: bool = True, *, resume: bool = False,
     to simulate a crash). Under ``torchrun`` (WORLD_SIZE > 1) every process calls this; rank 0 alone
     validates, saves and shows progress.
     """
-    ctx = setup(config.device)
+    ctx = setup(config.device, timeout=timedelta(minutes=config.dist_timeout_minutes))
     clean = False
     try:
         trainer = Trainer(config, ctx, progress, on_step)

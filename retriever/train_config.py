@@ -56,6 +56,9 @@ class TrainConfig:
     grad_cache_chunk: int = 0
     # Optimiser steps between resume checkpoints in <out>/resume (also written at each epoch end).
     checkpoint_every: int = 50
+    # How long a rank waits for the others in a collective (torch.distributed's default is 30 min for
+    # gloo, 10 for NCCL); rank 0 alone validates and mines a whole corpus meanwhile, which can take hours.
+    dist_timeout_minutes: float = 360.0
     # Encoder options for a fresh model (None = EncoderConfig defaults); a saved model keeps its own.
     pooling: str | None = None
     similarity: str | None = None
@@ -86,6 +89,7 @@ class TrainConfig:
              f"select_metric must be auto, recall@K, mrr@10 or ndcg@10, got {self.select_metric!r}"),
             (self.grad_cache_chunk >= 0, f"grad_cache_chunk must be >= 0, got {self.grad_cache_chunk}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
             (self.pooling in (None, *POOLINGS), f"pooling must be one of {POOLINGS}, got {self.pooling!r}"),
             (self.similarity in (None, *SIMILARITIES),
