@@ -123,3 +123,31 @@ def test_recover_puts_back_a_checkpoint_moved_aside_by_an_interrupted_save(tmp_p
     recover(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [RESUME_DIR]
     assert (tmp_path / RESUME_DIR / "state.json").read_text() == "{}"
+
+
+def test_cuda_rng_states_are_saved_and_restored_per_rank(tiny_base: Path, small_nq, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on CUDA also keeps each rank's GPU generator (dropout there draws from it). Emulated on
+    the CPU: torch.cuda's get/set_rng_state are stood in for, and the restoring trainer is told its
+    device is cuda:0 after it is built."""
+    import retriever.checkpoint as checkpoint
+    import retriever.train as train_module
+
+    gpu_state = torch.arange(16, dtype=torch.uint8)
+    monkeypatch.setattr(checkpoint.torch.cuda, "get_rng_state", lambda device: gpu_state.clone())
+    assert checkpoint.device_rng_state(torch.device("cpu")) is None
+    assert torch.equal(checkpoint.device_rng_state(torch.device("cuda:0")), gpu_state)
+
+    config = _config(tiny_base, small_nq, tmp_path / "run", hard_negatives="none")
+    monkeypatch.setattr(train_module, "device_rng_state", lambda device: gpu_state.clone())
+    with pytest.raises(Crash):
+        train(config, progress=False, on_step=_crash_at(2))
+    state = load_resume(config.out)
+    assert state.cuda_rng is not None and len(state.cuda_rng) == 1 and torch.equal(state.cuda_rng[0], gpu_state)
+
+    restored: list[tuple[torch.device, torch.Tensor]] = []
+    monkeypatch.setattr(train_module, "set_device_rng_state", lambda device, s: restored.append((device, s)))
+    trainer = Trainer(config, DistContext(), progress=False)
+    trainer.ctx = DistContext(device=torch.device("cuda:0"))
+    trainer.restore()
+    assert len(restored) == 1 and restored[0][0] == torch.device("cuda:0") and torch.equal(restored[0][1], gpu_state)

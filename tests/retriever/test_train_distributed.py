@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -104,3 +105,21 @@ def test_shards_are_contiguous_groups_that_rebuild_the_batch() -> None:
     assert all(s.group_size == 3 for s in shards) and shard_batch(batch, 0, 1) is batch
     local = torch.ones(2, 4, requires_grad=True)
     assert gather_rows(local, [2], 0) is local
+
+
+def test_the_process_group_gets_the_configured_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 validates and mines alone while the others wait in a collective: the default 30 min
+    (gloo) must not cut a long mining pass short, so the timeout comes from TrainConfig."""
+    from datetime import timedelta
+
+    import retriever.distributed as distributed
+    from retriever.train_config import TrainConfig
+
+    seen: dict = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: seen.update(kw))
+    ctx = distributed.setup("cpu", timeout=timedelta(minutes=TrainConfig("t", "v", "o").dist_timeout_minutes))
+    assert ctx.world_size == 2 and ctx.rank == 1
+    assert seen["backend"] == "gloo" and seen["timeout"] == timedelta(hours=6)
