@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.data import load_corpus
+    from common.data import load_corpus
     from retriever.encoder import load_encoder
     from retriever.mining import mine_hard_negatives, read_mining_input, with_hard_negatives, write_records
 

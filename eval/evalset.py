@@ -1,7 +1,7 @@
 """Evaluation sets: queries, graded qrels and answers from an nq_oracle-shape file or a BEIR folder.
 
 For an nq_oracle (or DPR) file the relevant passages are each question's gold contexts, whose ids are
-``retriever.data.passage_id(text)`` unless the records carry ids: a hit is the exact gold text.
+``common.data.passage_id(text)`` unless the records carry ids: a hit is the exact gold text.
 For a BEIR folder they come from ``qrels/<split>.tsv`` with their grades.
 """
 from __future__ import annotations
@@ -11,8 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retriever.data import (
-    DataError, Passage, corpus_from_examples, is_beir_dir, load_corpus, load_examples, read_beir_queries, read_qrels,
+from common.data import (
+    DataError,
+    Passage,
+    corpus_from_examples,
+    is_beir_dir,
+    load_corpus,
+    load_examples,
+    read_beir_queries,
+    read_qrels,
 )
 
 logger = logging.getLogger(__name__)

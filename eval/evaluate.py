@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eval import metrics
-from eval.answers import answer_hits_at_k, answer_matches
+from common import metrics
+from common.answers import answer_hits_at_k, answer_matches
 from eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_ci
 
 DEFAULT_KS = (1, 5, 10, 20, 100)

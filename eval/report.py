@@ -8,8 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from indexer.manifest import file_sha256
-from retriever.config import write_json
+from common.files import file_sha256, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from retriever.data import Passage
+from common.choices import SEARCH_MODES, check_choice
+from common.data import Passage
+from common.fusion import FusionConfig, fuse_runs
 
 if TYPE_CHECKING:
     from indexer import SearchIndex
@@ -38,6 +40,11 @@ class Retrieval:
 
     def ranking(self, qid: str) -> list[tuple[str, float]]:
         return list(zip(self.run.get(qid, []), self.scores.get(qid, [])))
+
+    def cut(self, k: int) -> Retrieval:
+        """The same retrieval with each query's ranking cut to its top ``k``."""
+        return Retrieval({q: r[:k] for q, r in self.run.items()}, {q: s[:k] for q, s in self.scores.items()},
+                         {q: t[:k] for q, t in self.texts.items()}, self.seconds, dict(self.timings))
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,19 +114,31 @@ def retrieve_with_model(encoder: DualEncoder, passages: Sequence[Passage], queri
     return out
 
 
-def retrieve_with_index(index: SearchIndex, encoder: DualEncoder, queries: Mapping[str, str], k: int,
-                        batch_size: int = 64, progress: bool = True) -> Retrieval:
-    """Encode the queries and search a built index (its own FAISS type, as the server would)."""
+def retrieve_with_index(index: SearchIndex, encoder: DualEncoder | None, queries: Mapping[str, str], k: int,
+                        batch_size: int = 64, progress: bool = True, mode: str = "dense",
+                        fusion: FusionConfig = FusionConfig()) -> Retrieval:
+    """Search a built index the way the server does in ``mode``: ``dense`` (its own FAISS type),
+    ``bm25`` (its own BM25) or ``hybrid`` (:meth:`SearchIndex.hybrid_search` with ``fusion``)."""
+    check_choice("mode", mode, SEARCH_MODES)
     start = time.perf_counter()
-    q_emb = encoder.encode_queries(list(queries.values()), batch_size=batch_size, progress=progress)
-    scores, rows = index.search(q_emb, k)
+    texts = list(queries.values())
+    if mode == "bm25":
+        ranked = index.bm25_search(texts, k)
+    else:
+        assert encoder is not None, "dense and hybrid search need the query encoder"
+        q_emb = encoder.encode_queries(texts, batch_size=batch_size, progress=progress)
+        if mode == "hybrid":
+            ranked = index.hybrid_search(q_emb, texts, k, fusion)
+        else:
+            scores, rows = index.search(q_emb, k)
+            ranked = [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if r >= 0]
+                      for q_scores, q_rows in zip(scores, rows)]
     out = Retrieval()
-    for qid, q_scores, q_rows in zip(queries, scores, rows):
-        keep = q_rows >= 0
-        hits = index.passages([int(r) for r in q_rows[keep]])
-        out.run[qid] = [p.pid for p in hits]
-        out.scores[qid] = q_scores[keep].astype(float).tolist()
-        out.texts[qid] = [p.text for p in hits]
+    for qid, hits in zip(queries, ranked):
+        passages = index.passages([r for r, _ in hits])
+        out.run[qid] = [p.pid for p in passages]
+        out.scores[qid] = [s for _, s in hits]
+        out.texts[qid] = [p.text for p in passages]
     out.seconds = time.perf_counter() - start
     return out
 
@@ -146,14 +165,12 @@ def retrieve_with_bm25(passages: Sequence[Passage], queries: Mapping[str, str], 
     return out
 
 
-def fuse(dense: Retrieval, sparse: Retrieval, method: str, k: int, alpha: float = 0.5,
-         rrf_k: int = 60) -> Retrieval:
-    """A hybrid run from two retrievals of the same queries (see :mod:`eval.fusion`)."""
-    from eval.fusion import fuse_runs
-
+def fuse(dense: Retrieval, sparse: Retrieval, k: int, fusion: FusionConfig = FusionConfig()) -> Retrieval:
+    """A hybrid run from two retrievals of the same queries (see :mod:`common.fusion`); for the
+    server's answers, both should hold ``max(k, fusion.depth)`` candidates per query."""
     start = time.perf_counter()
     fused = fuse_runs({q: dense.ranking(q) for q in dense.run}, {q: sparse.ranking(q) for q in sparse.run},
-                      method=method, alpha=alpha, k=rrf_k, depth=k)
+                      fusion, depth=k)
     out = Retrieval()
     for qid, ranking in fused.items():
         text = {**dict(zip(sparse.run.get(qid, []), sparse.texts.get(qid, []))),

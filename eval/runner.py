@@ -3,7 +3,9 @@
 Systems: a dense retriever (a model over a knowledge base, a built index, or a running server), BM25
 over the same knowledge base, and their fusion. Each becomes a column of the table and an entry of
 the JSON report, which also records the data hashes, the model/index manifests, library versions,
-the seed and the wall time.
+the seed and the wall time. With ``--index`` (and no ``--kb``), BM25 and the hybrid are the index's
+own (its ``bm25/``, :meth:`SearchIndex.hybrid_search` with the shared :class:`FusionConfig`), so
+``dpr eval --index`` measures exactly what ``dpr serve`` of that index answers.
 """
 from __future__ import annotations
 
@@ -15,17 +17,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from common.choices import FUSION_METHODS, SEARCH_MODES, FusionMethod, check_choice
+from common.fusion import FusionConfig
 from eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from eval.evalset import EvalSet, gold_coverage, load_eval_set, load_kb
 from eval.evaluate import DEFAULT_KS, evaluate_run, format_table, table_metrics
-from eval.fusion import RRF_K
 from eval.report import hash_paths, library_versions
 from eval.retrieve import Retrieval, describe_retrieval, fuse, retrieve_with_bm25
-from retriever.config import check_choice
 
 logger = logging.getLogger(__name__)
 
-FUSIONS = ("rrf", "interp")
+_FUSION = FusionConfig()
+
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,10 @@ class EvalOptions:
     server_mode: str = "dense"             # the search mode asked of --url (its dense row by default)
     bm25: bool = False
     kb: tuple[Path, ...] = ()
-    hybrid: str | None = None
-    alpha: float = 0.5
-    rrf_k: int = RRF_K
+    hybrid: FusionMethod | None = None
+    alpha: float = _FUSION.alpha
+    rrf_k: int = _FUSION.rrf_k
+    depth: int = _FUSION.depth
     ks: tuple[int, ...] = DEFAULT_KS
     batch_size: int = 64
     n_resamples: int = DEFAULT_RESAMPLES
@@ -58,11 +62,10 @@ class EvalOptions:
             raise ValueError("--kb is not used with --index or --url (they hold their own knowledge base) "
                              "unless --bm25 is given")
         if self.hybrid is not None:
-            check_choice("--hybrid", self.hybrid, FUSIONS)
+            check_choice("--hybrid", self.hybrid, FUSION_METHODS)
             if not (self.bm25 and (self.model or self.index or self.url)):
                 raise ValueError("--hybrid fuses a dense run with BM25: give --bm25 and --model/--index/--url")
-        if self.server_mode not in ("dense", "bm25", "hybrid"):
-            raise ValueError(f"--server-mode must be dense, bm25 or hybrid, got {self.server_mode!r}")
+        check_choice("--server-mode", self.server_mode, SEARCH_MODES)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {self.alpha}")
         if not self.ks or any(k < 1 for k in self.ks):
@@ -70,6 +73,17 @@ class EvalOptions:
         object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
         if self.batch_size < 1 or self.n_resamples < 1:
             raise ValueError("--batch-size and --resamples must be >= 1")
+
+    @property
+    def fusion(self) -> FusionConfig:
+        """How ``--hybrid`` fuses (the server's defaults unless overridden)."""
+        return FusionConfig(method=self.hybrid or _FUSION.method, alpha=self.alpha, rrf_k=self.rrf_k,
+                            depth=self.depth)
+
+    @property
+    def index_bm25(self) -> bool:
+        """BM25 (and the hybrid) come from the index itself: ``--index --bm25`` without ``--kb``."""
+        return bool(self.index and self.bm25 and not self.kb)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: (str(v) if isinstance(v, Path) else [str(p) for p in v] if key == "kb" else v)
@@ -87,50 +101,91 @@ def _load_encoder(ref: str) -> Any:
             from None
 
 
-def _dense(options: EvalOptions, evalset: EvalSet, passages: list | None) -> tuple[Retrieval, dict[str, Any]]:
+def _index_systems(options: EvalOptions, evalset: EvalSet, fetch: int) -> list[tuple[str, Retrieval, dict[str, Any]]]:
+    """Dense, and with ``--bm25`` the index's own BM25 and hybrid, from one opened index."""
+    from eval.retrieve import retrieve_with_index
+    from indexer import ManifestMismatch, SearchIndex, check_encoder
+
     k = max(options.ks)
+    index = SearchIndex.open(options.index)
+    try:
+        ref = options.model or index.model_dir
+        if not ref:
+            raise ValueError(f"{options.index}: the index records no model_dir; pass --model")
+        encoder = _load_encoder(ref)
+        try:
+            check_encoder(index.manifest, encoder)
+        except ManifestMismatch as e:
+            raise ManifestMismatch(f"{options.index}: {e}", e.differences) from None
+        present = {pid for pid in evalset.relevant_ids() if index.passage(pid) is not None}
+        info = {"source": "index", "index_dir": str(Path(options.index).resolve()), "model_ref": ref,
+                "index": index.summary(), "manifest": index.manifest, "gold_in_kb": gold_coverage(evalset, present)}
+        out = [("dense", retrieve_with_index(index, encoder, evalset.queries, fetch, options.batch_size,
+                                             options.progress).cut(k), info)]
+        if options.index_bm25:
+            if index.bm25 is None:
+                raise ValueError(f"{options.index}: the index has no BM25 index (built with --no-bm25 or before "
+                                 "BM25 existed); rebuild it, or pass --kb to build BM25 over a knowledge base")
+            out.append(("bm25", retrieve_with_index(index, None, evalset.queries, k, mode="bm25"),
+                        {"source": "index bm25", "index_dir": info["index_dir"], **(index.manifest.get("bm25") or {})}))
+            if options.hybrid:
+                fusion = options.fusion
+                out.append((f"hybrid-{options.hybrid}",
+                            retrieve_with_index(index, encoder, evalset.queries, k, options.batch_size,
+                                                options.progress, mode="hybrid", fusion=fusion),
+                            {"source": "index hybrid", **fusion.describe()}))
+    finally:
+        index.close()
+    return out
+
+
+def _dense(options: EvalOptions, evalset: EvalSet, passages: list | None, fetch: int) -> tuple[Retrieval, dict[str, Any]]:
     if options.url:
         from eval.client import retrieve_with_server, server_info
 
         info = {"source": "server", "server": server_info(options.url), "mode": options.server_mode}
-        return retrieve_with_server(options.url, evalset.queries, k, progress=options.progress,
+        return retrieve_with_server(options.url, evalset.queries, fetch, progress=options.progress,
                                     mode=options.server_mode), info
-    if options.index:
-        from indexer import ManifestMismatch, SearchIndex, check_encoder
-        from eval.retrieve import retrieve_with_index
-
-        index = SearchIndex.open(options.index)
-        try:
-            ref = options.model or index.model_dir
-            if not ref:
-                raise ValueError(f"{options.index}: the index records no model_dir; pass --model")
-            encoder = _load_encoder(ref)
-            try:
-                check_encoder(index.manifest, encoder)
-            except ManifestMismatch as e:
-                raise ManifestMismatch(f"{options.index}: {e}", e.differences) from None
-            present = {pid for pid in evalset.relevant_ids() if index.passage(pid) is not None}
-            info = {"source": "index", "index_dir": str(Path(options.index).resolve()), "model_ref": ref,
-                    "index": index.summary(), "manifest": index.manifest,
-                    "gold_in_kb": gold_coverage(evalset, present)}
-            retrieval = retrieve_with_index(index, encoder, evalset.queries, k, options.batch_size,
-                                            options.progress)
-        finally:
-            index.close()
-        return retrieval, info
     from eval.retrieve import retrieve_with_model
     from retriever.encoder import model_ref
 
     encoder = _load_encoder(options.model)
     info = {"source": "model", "model_ref": model_ref(options.model), "model": encoder.describe()}
-    return retrieve_with_model(encoder, passages, evalset.queries, k, options.batch_size, options.progress), info
+    return retrieve_with_model(encoder, passages, evalset.queries, fetch, options.batch_size, options.progress), info
+
+
+def retrieve_systems(options: EvalOptions, evalset: EvalSet,
+                     passages: list | None) -> list[tuple[str, Retrieval, dict[str, Any]]]:
+    """``(name, retrieval, info)`` of every system ``options`` asks for, in table order."""
+    k = max(options.ks)
+    # The hybrid fuses the top fusion.depth of each side, as the server does, then keeps k.
+    fetch = max(k, options.depth) if options.hybrid else k
+    if options.index:
+        runs = _index_systems(options, evalset, fetch)
+        if options.index_bm25:
+            return runs
+        dense = runs[0][1]
+    else:
+        runs = []
+        dense = None
+        if options.model or options.url:
+            dense, info = _dense(options, evalset, passages, fetch)
+            name = "dense" if not options.url or options.server_mode == "dense" else f"server-{options.server_mode}"
+            runs.append((name, dense.cut(k), info))
+    if options.bm25:
+        sparse = retrieve_with_bm25(passages, evalset.queries, fetch, options.progress)
+        runs.append(("bm25", sparse.cut(k), {"source": "bm25", "library": "bm25s", "k1": 0.9, "b": 0.4}))
+        if options.hybrid and dense is not None:
+            fusion = options.fusion
+            runs.append((f"hybrid-{options.hybrid}", fuse(dense, sparse, k, fusion),
+                         {"source": "fusion", **fusion.describe()}))
+    return runs
 
 
 def run_evaluation(options: EvalOptions, command: str | None = None) -> dict[str, Any]:
     """Evaluate every requested system; the returned report is JSON-able and holds the table."""
     started = time.perf_counter()
     evalset = load_eval_set(options.data, options.split)
-    k = max(options.ks)
     report: dict[str, Any] = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command, "options": options.to_dict(), "seed": options.seed,
@@ -140,7 +195,7 @@ def run_evaluation(options: EvalOptions, command: str | None = None) -> dict[str
                  "sha256": hash_paths(evalset.files)},
     }
     passages = None
-    if options.bm25 or (options.model and not options.index):
+    if (options.bm25 and not options.index_bm25) or (options.model and not options.index):
         passages, note = load_kb(evalset, options.kb)
         report["knowledge_base"] = {
             "source": note, "count": len(passages),
@@ -149,17 +204,7 @@ def run_evaluation(options: EvalOptions, command: str | None = None) -> dict[str
         }
         logger.info("knowledge base: %d passages, %s", len(passages), note)
 
-    runs: list[tuple[str, Retrieval, dict[str, Any]]] = []
-    if options.model or options.index or options.url:
-        name = "dense" if not options.url or options.server_mode == "dense" else f"server-{options.server_mode}"
-        runs.append((name, *_dense(options, evalset, passages)))
-    if options.bm25:
-        runs.append(("bm25", retrieve_with_bm25(passages, evalset.queries, k, options.progress),
-                     {"source": "bm25", "library": "bm25s", "k1": 0.9, "b": 0.4}))
-    if options.hybrid:
-        hybrid = fuse(runs[0][1], runs[1][1], options.hybrid, k, alpha=options.alpha, rrf_k=options.rrf_k)
-        params = {"rrf_k": options.rrf_k} if options.hybrid == "rrf" else {"alpha_dense": options.alpha}
-        runs.append((f"hybrid-{options.hybrid}", hybrid, {"source": "fusion", "method": options.hybrid, **params}))
+    runs = retrieve_systems(options, evalset, passages)
 
     systems, rows = [], []
     for name, retrieval, info in runs:

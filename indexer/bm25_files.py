@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from common.data import Passage
 from indexer.errors import IndexLoadError
 from indexer.manifest import HASHES_FILE, MANIFEST_FILE, file_sha256
 from retriever.bm25 import BM25_FILES, DEFAULT_B, DEFAULT_K1, BM25Index
-from retriever.data import Passage
 
 logger = logging.getLogger(__name__)
 

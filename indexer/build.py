@@ -22,19 +22,28 @@ from typing import Any
 
 import numpy as np
 
+from common.data import Passage, load_corpus
+from common.files import write_json
 from indexer.bm25_files import same_passage_hashes, write_bm25
 from indexer.builds import DEFAULT_KEEP, check_target, current_build, new_build, prune_builds
 from indexer.config import IndexConfig
 from indexer.errors import IndexLoadError
 from indexer.faiss_index import check_buildable, create_index, write_faiss
 from indexer.manifest import (
-    CONFIG_FILE, EMBEDDINGS_FILE, FAISS_FILE, FORMAT_VERSION, HASHES_FILE, MANIFEST_FILE, STORE_FILE,
-    encoder_differences, file_entries, kb_sources, read_manifest,
+    CONFIG_FILE,
+    EMBEDDINGS_FILE,
+    FAISS_FILE,
+    FORMAT_VERSION,
+    HASHES_FILE,
+    MANIFEST_FILE,
+    STORE_FILE,
+    encoder_differences,
+    file_entries,
+    kb_sources,
+    read_manifest,
 )
 from indexer.shards import DEFAULT_CHUNK, ShardSpec, embed_rows, make_header, prepare_work_dir, read_shard
 from indexer.store import write_store
-from retriever.config import write_json
-from retriever.data import Passage, load_corpus
 from retriever.encoder import DualEncoder, model_ref
 
 logger = logging.getLogger(__name__)

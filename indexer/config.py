@@ -7,12 +7,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from retriever.config import check_choice, check_config_keys
+from common.choices import INDEX_TYPES, IVF_TYPES, check_choice
+from common.files import check_config_keys
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("flat", "hnsw", "ivfflat", "ivfpq")
-IVF_TYPES = ("ivfflat", "ivfpq")
 
 
 @dataclass(frozen=True)

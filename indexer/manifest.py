@@ -1,13 +1,13 @@
 """``manifest.json``: what built an index, from what, and how to tell whether an encoder fits it."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from common.files import file_sha256
 from indexer.errors import IndexLoadError, ManifestMismatch
 
 logger = logging.getLogger(__name__)
@@ -40,14 +40,6 @@ _ENCODER_FIELDS = (
     (("encoder", "query_max_length"), "query_max_length"),
     (("encoder", "passage_max_length"), "passage_max_length"),
 )
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def kb_sources(paths: Iterable[str | Path]) -> list[dict[str, Any]]:

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from common.data import load_corpus
+from common.files import read_json
 from indexer.build import build_index_from_vectors, content_hash
 from indexer.builds import DEFAULT_KEEP
 from indexer.config import IndexConfig
 from indexer.manifest import encoder_differences, kb_sources
 from indexer.shards import SHARD_FILE, ShardData, ShardError, ShardSpec, read_shard
-from retriever.config import read_json
-from retriever.data import load_corpus
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.data import Passage
+from common.files import read_json
+from common.fusion import FusionConfig
 from indexer.bm25_files import BM25_DIR, load_bm25
 from indexer.build import HASH_DTYPE
 from indexer.builds import BuildLease, build_name, current_build
@@ -25,23 +28,24 @@ from indexer.config import IndexConfig
 from indexer.errors import IndexLoadError, ManifestMismatch
 from indexer.faiss_index import read_faiss, search_params
 from indexer.manifest import (
-    CHECKSUMMED_FILES, CONFIG_FILE, EMBEDDINGS_FILE, FAISS_FILE, HASHES_FILE, MANIFEST_FILE, STORE_FILE, check_encoder,
-    read_manifest, verify_files,
+    CHECKSUMMED_FILES,
+    CONFIG_FILE,
+    EMBEDDINGS_FILE,
+    FAISS_FILE,
+    HASHES_FILE,
+    MANIFEST_FILE,
+    STORE_FILE,
+    check_encoder,
+    read_manifest,
+    verify_files,
 )
 from indexer.store import PassageStore
 from indexer.vectors import FaissVectors, FileVectors, check_npy
-from retriever.config import check_choice, read_json
 from retriever.bm25 import BM25Index
-from retriever.data import Passage
 from retriever.encoder import DualEncoder
-from retriever.fusion import RRF_K, interpolate, reciprocal_rank_fusion
 
 logger = logging.getLogger(__name__)
 
-# Candidates taken from each of dense and BM25 before fusing (at least k): deep enough that a passage
-# ranked well by one side and poorly by the other still gets both scores.
-HYBRID_DEPTH = 100
-FUSION_METHODS = ("interp", "rrf")
 # Flat search of this many queries or more runs as one torch matmul + topk: at 32 queries x 1M x 384 it
 # was ~4x faster than IndexFlatIP with one thread, while for a single query FAISS's scan wins
 # (eval/bench_ann.py measures both; see the README's ANN table).
@@ -210,13 +214,11 @@ class SearchIndex:
         return [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if s > 0]
                 for q_scores, q_rows in zip(scores, rows)]
 
-    def hybrid_search(self, query_emb: np.ndarray, queries: Sequence[str], k: int, method: str = "interp",
-                      alpha: float = 0.5, rrf_k: int = RRF_K,
-                      depth: int = HYBRID_DEPTH) -> list[list[tuple[int, float]]]:
-        """Dense and BM25 fused per query (``interp``: ``alpha`` on min-max-normalised dense scores;
-        ``rrf``: reciprocal rank fusion); up to ``k`` ``(row, fused score)`` per query, best first."""
-        check_choice("fusion method", method, FUSION_METHODS)
-        fetch = max(int(k), depth)
+    def hybrid_search(self, query_emb: np.ndarray, queries: Sequence[str], k: int,
+                      fusion: FusionConfig = FusionConfig()) -> list[list[tuple[int, float]]]:
+        """Dense and BM25 fused per query as ``fusion`` says (``depth`` candidates from each side);
+        up to ``k`` ``(row, fused score)`` per query, best first."""
+        fetch = max(int(k), fusion.depth)
         sparse = self.bm25_search(queries, fetch)
         scores, rows = self.search(query_emb, fetch)
         if len(sparse) != len(rows):
@@ -225,8 +227,7 @@ class SearchIndex:
         for q_scores, q_rows, bm25_hits in zip(scores, rows, sparse):
             dense = [(str(int(r)), float(s)) for r, s in zip(q_rows, q_scores) if r >= 0]
             lexical = [(str(r), s) for r, s in bm25_hits]
-            fused = (interpolate(dense, lexical, alpha=alpha, depth=int(k)) if method == "interp"
-                     else reciprocal_rank_fusion(dense, lexical, k=rrf_k, depth=int(k)))
+            fused = fusion.fuse(dense, lexical, depth=int(k))
             out.append([(int(r), s) for r, s in fused])
         return out
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from common.choices import DTYPES, check_choice
+from common.data import Passage
+from common.files import read_json, write_json
 from indexer.manifest import encoder_differences, file_sha256
-from retriever.config import check_choice, read_json, write_json
-from retriever.data import Passage
 from retriever.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 SHARD_FILE = "shard.json"
 SHARD_FORMAT = "dpr-embedding-shard"
 SHARD_VERSION = 1
-DTYPES = ("float32", "float16")
 DEFAULT_CHUNK = 8192
 _CHUNK_RE = re.compile(r"^emb-\d{5}\.(npy|json)$")
 

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from common.data import Passage
 from indexer.errors import IndexLoadError
-from retriever.data import Passage
 
 logger = logging.getLogger(__name__)
 

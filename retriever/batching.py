@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from retriever.data import Example, Passage
+from common.data import Example, Passage
 
 logger = logging.getLogger(__name__)
 

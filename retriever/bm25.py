@@ -14,7 +14,7 @@ from pathlib import Path
 import bm25s
 import numpy as np
 
-from retriever.data import Passage
+from common.data import Passage
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Resume checkpoints: everything a training run needs to continue exactly where it stopped.
 
-``<out>/resume/`` is written atomically (:func:`retriever.atomic.atomic_dir`) and holds, without any
+``<out>/resume/`` is written atomically (:func:`common.files.atomic_dir`) and holds, without any
 pickle: ``model.safetensors`` (all weights), ``optimizer.safetensors`` (AdamW moments) +
 ``state.json`` (optimizer structure, scheduler, epoch/step counters, mined negatives as passage ids,
 best-so-far bookkeeping, the log, Python/NumPy RNG states), ``rng.safetensors`` (torch RNG states,
@@ -20,8 +20,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 
-from retriever.atomic import atomic_dir
-from retriever.config import read_json, write_json
+from common.files import atomic_dir, read_json, write_json
 from retriever.train_config import TRAIN_CONFIG_FILE
 
 logger = logging.getLogger(__name__)

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Pooling = Literal["cls", "mean"]
-Similarity = Literal["dot", "cos"]
+from common.choices import POOLINGS, SIMILARITIES, Pooling, Similarity, check_choice
+from common.files import check_config_keys
 
-POOLINGS = ("cls", "mean")
-SIMILARITIES = ("dot", "cos")
 # Cosine scores live in [-1, 1]; without a temperature the softmax is nearly flat and training
 # barely moves. 0.05 is the usual value (SimCSE, sentence-transformers' scale of 20).
 DEFAULT_COS_TEMPERATURE = 0.05
@@ -57,38 +53,3 @@ class EncoderConfig:
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
         check_config_keys(cls, data, "encoder")
         return cls(**data)
-
-
-def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
-    """``value`` if it is one of ``choices``, else a ValueError that names ``name`` and the choices."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def check_config_keys(cls: type, data: Any, what: str) -> None:
-    """Refuse a saved config that is not an object or names fields ``cls`` does not have.
-
-    A typo in a hand-edited JSON config must fail loudly, not be silently dropped.
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} config must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {what} config keys: {unknown}")
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e

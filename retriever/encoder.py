@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from retriever.atomic import atomic_dir
-from retriever.config import EncoderConfig, read_json, write_json
-from retriever.data import Passage
+from common.data import Passage
+from common.files import atomic_dir, read_json, write_json
+from retriever.config import EncoderConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from retriever.answers import has_answer
-from retriever.config import check_choice
-from retriever.data import DataError, Example, Passage, is_beir_dir, load_examples, parse_example, read_records
+from common.answers import has_answer
+from common.choices import MINING_METHODS, check_choice
+from common.data import DataError, Example, Passage, is_beir_dir, load_examples, parse_example, read_records
 from retriever.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
 
-MINING_METHODS = ("model", "bm25")
 
 
 def select_negatives(example: Example, ranked: Iterable[Passage], num: int,

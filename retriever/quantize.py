@@ -18,12 +18,11 @@ import warnings
 import torch
 from torch import nn
 
-from retriever.config import check_choice
+from common.choices import QUANTIZE_MODES, check_choice
 from retriever.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("none", "int8")
 
 
 def check_mode(mode: str) -> str:

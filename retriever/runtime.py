@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 
-from retriever.config import check_choice
+from common.choices import RUNTIMES, check_choice
 from retriever.encoder import DualEncoder
 from retriever.quantize import check_mode, quantize_encoder
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx")
 
 
 def check_runtime(runtime: str) -> str:

@@ -28,17 +28,34 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common.data import Passage
+from common.files import write_json
 from retriever.batching import make_batches
-from retriever.checkpoint import (device_rng_state, load_resume, load_resume_weights, resume_dir, save_resume,
-                                  set_device_rng_state, set_rng_state)
-from retriever.config import write_json
-from retriever.data import Passage
+from retriever.checkpoint import (
+    device_rng_state,
+    load_resume,
+    load_resume_weights,
+    resume_dir,
+    save_resume,
+    set_device_rng_state,
+    set_rng_state,
+)
 from retriever.distributed import DistContext, all_gather_object, barrier, broadcast_object, setup, teardown
 from retriever.encoder import model_ref
 from retriever.train_config import TRAIN_CONFIG_FILE, TRAIN_LOG_FILE, TrainConfig
-from retriever.train_setup import (TrainData, build_model, build_optimizer, check_file_negatives,
-                                   hard_negatives_for, linear_schedule, load_data, needs_mining, pick_val_split,
-                                   resolve_device, seed_everything)
+from retriever.train_setup import (
+    TrainData,
+    build_model,
+    build_optimizer,
+    check_file_negatives,
+    hard_negatives_for,
+    linear_schedule,
+    load_data,
+    needs_mining,
+    pick_val_split,
+    resolve_device,
+    seed_everything,
+)
 from retriever.train_step import train_step, wrap_towers
 from retriever.validation import evaluate
 

@@ -5,13 +5,12 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from retriever.config import POOLINGS, SIMILARITIES, check_config_keys, read_json
-from retriever.data import is_beir_dir
+from common.choices import HARD_NEGATIVE_SOURCES, POOLINGS, SIMILARITIES, HardNegatives
+from common.data import is_beir_dir
+from common.files import check_config_keys, read_json
 
-HardNegatives = Literal["none", "model", "bm25", "file"]
-HARD_NEGATIVE_SOURCES = ("none", "model", "bm25", "file")
 TRAIN_CONFIG_FILE = "train_config.json"
 TRAIN_LOG_FILE = "train_log.json"
 # The encoder fields a fresh model takes from the command line; None means EncoderConfig's default.

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retriever.data import (DataError, Example, Passage, corpus_from_examples, is_beir_dir, load_corpus,
-                            load_examples)
+from common.data import DataError, Example, Passage, corpus_from_examples, is_beir_dir, load_corpus, load_examples
 from retriever.encoder import DualEncoder, load_encoder
 from retriever.mining import mine_hard_negatives
 from retriever.train_config import TrainConfig

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from common.data import Passage
 from retriever.batching import Batch
-from retriever.data import Passage
 from retriever.distributed import DistContext, gather_rows, shard_batch, split_sizes
 from retriever.encoder import DualEncoder
 from retriever.gradcache import RngState, backward_cached, embedding_grads

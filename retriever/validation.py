@@ -1,11 +1,11 @@
-"""Validation retrieval metrics for the trainer: encode a knowledge base, rank it, score with eval.metrics."""
+"""Validation retrieval metrics for the trainer: encode a knowledge base, rank it, score with common.metrics."""
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 
-from eval.metrics import mrr_at_k, ndcg_at_k, recall_at_k
-from retriever.data import Example, Passage
+from common.data import Example, Passage
+from common.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 from retriever.encoder import DualEncoder
 from retriever.mining import dense_topk
 

@@ -62,7 +62,7 @@ def _load(index_dir: str, model_dir: str | None, current: Engine | None, setting
     roots = [build, Path(index_dir), Path(index_dir).resolve()]
     try:
         return load_engine(index_dir, model_dir, reuse=current, cache_size=settings.encode_cache_size,
-                           quantize=settings.quantize, runtime=settings.runtime)
+                           quantize=settings.quantize, runtime=settings.runtime, fusion=settings.fusion())
     except ManifestMismatch as e:
         raise APIError(409, "reload refused: the model does not match the index", _public(str(e), roots)) from None
     except EngineLoadError as e:

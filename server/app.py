@@ -54,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_torch(settings.torch_threads)
         engine = await anyio.to_thread.run_sync(
             lambda: load_engine(settings.index_dir, settings.model_dir, cache_size=settings.encode_cache_size,
-                                quantize=settings.quantize, runtime=settings.runtime))
+                                quantize=settings.quantize, runtime=settings.runtime, fusion=settings.fusion()))
     except Exception as e:
         # Kept for `dpr serve`, which turns it into one clear line and a non-zero exit.
         app.state.startup_error = e

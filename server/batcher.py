@@ -229,9 +229,7 @@ class MicroBatcher:
 
     def _search(self, engine: Engine, queries: list[str], k: int, mode: str, emb: np.ndarray | None,
                 timings: dict[str, float]) -> list[Hits]:
-        s = self.settings
-        return engine.search(queries, k, mode=mode, method=s.hybrid_method, alpha=s.hybrid_alpha,
-                             rrf_k=s.hybrid_rrf_k, depth=s.hybrid_depth, query_emb=emb, timings=timings)
+        return engine.search(queries, k, mode=mode, query_emb=emb, timings=timings)
 
 
 def server_timing(timings: dict[str, float]) -> str:

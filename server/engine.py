@@ -17,15 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.choices import SEARCH_MODES
+from common.data import Passage
+from common.fusion import FusionConfig
 from indexer import ManifestMismatch, SearchIndex, check_encoder
-from indexer.searcher import HYBRID_DEPTH
-from retriever.data import Passage
 from retriever.encoder import DualEncoder, load_encoder, model_ref
-from retriever.fusion import RRF_K
 
 logger = logging.getLogger(__name__)
 
-SEARCH_MODES = ("dense", "bm25", "hybrid")
 
 
 class EngineLoadError(RuntimeError):
@@ -75,8 +74,10 @@ class QueryCache:
 class Engine:
     """Encodes queries with ``encoder`` and searches ``index``; safe to call from many threads."""
 
-    def __init__(self, index: SearchIndex, encoder: DualEncoder, *, model_dir: str, cache_size: int = 1024) -> None:
+    def __init__(self, index: SearchIndex, encoder: DualEncoder, *, model_dir: str, cache_size: int = 1024,
+                 fusion: FusionConfig = FusionConfig()) -> None:
         self.index = index
+        self.fusion = fusion
         self.encoder = encoder
         self.model_dir = model_dir
         self.index_dir = Path(index.index_dir)
@@ -125,14 +126,12 @@ class Engine:
     def has_bm25(self) -> bool:
         return self.index.bm25 is not None
 
-    def search(self, queries: Sequence[str], k: int, mode: str = "dense", method: str = "interp",
-               alpha: float = 0.5, rrf_k: int = RRF_K, depth: int = HYBRID_DEPTH, *,
-               query_emb: np.ndarray | None = None,
+    def search(self, queries: Sequence[str], k: int, mode: str = "dense", *, query_emb: np.ndarray | None = None,
                timings: dict[str, float] | None = None) -> list[list[dict[str, Any]]]:
         """For each query, up to ``k`` hits ``{id, title, text, score, rank}``, best first.
 
-        ``mode``: ``dense`` (the encoder), ``bm25`` or ``hybrid`` (both fused by ``method``, see
-        :meth:`SearchIndex.hybrid_search`); the last two need an index built with BM25.
+        ``mode``: ``dense`` (the encoder), ``bm25`` or ``hybrid`` (both fused as the engine's
+        ``fusion`` says, see :meth:`SearchIndex.hybrid_search`); the last two need an index with BM25.
         ``query_emb``: embeddings of ``queries`` already computed (the micro-batcher encodes a whole
         batch at once). ``timings``, if given, receives ``encode_ms``, ``search_ms`` and ``fetch_ms``.
         """
@@ -148,8 +147,7 @@ class Engine:
         elif mode == "bm25":
             ranked = self.index.bm25_search(queries, k)
         elif mode == "hybrid":
-            ranked = self.index.hybrid_search(query_emb, queries, k, method=method, alpha=alpha,
-                                              rrf_k=rrf_k, depth=depth)
+            ranked = self.index.hybrid_search(query_emb, queries, k, self.fusion)
         else:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
         t2 = time.perf_counter()
@@ -175,7 +173,7 @@ class Engine:
     def selfcheck(self) -> None:
         """One search in every mode the index serves, passages fetched: a build that opens but cannot
         answer is refused before it is swapped in. Raises :class:`EngineLoadError`."""
-        modes = ("dense", "bm25", "hybrid") if self.has_bm25 else ("dense",)
+        modes = SEARCH_MODES if self.has_bm25 else ("dense",)
         probe = "test search of a new index"
         try:
             emb = self._embed([probe])                 # not through the query cache
@@ -238,7 +236,8 @@ class EngineHolder:
 
 
 def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: Engine | None = None,
-                cache_size: int = 1024, quantize: str = "none", runtime: str = "torch") -> Engine:
+                cache_size: int = 1024, quantize: str = "none", runtime: str = "torch",
+                fusion: FusionConfig = FusionConfig()) -> Engine:
     """Open ``index_dir`` and the model it was built with (or ``model_dir``), refusing a mismatch.
 
     Everything is checked before the engine is returned: every file against the manifest (SHA-256),
@@ -281,7 +280,7 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
         warning = quantization_mismatch(index.manifest["model"].get("quantize"), quantize)
         if warning:
             logger.warning("%s: %s", index_dir, warning)
-        engine = Engine(index, encoder, model_dir=ref, cache_size=cache_size)
+        engine = Engine(index, encoder, model_dir=ref, cache_size=cache_size, fusion=fusion)
         engine.selfcheck()
     except BaseException:
         index.close()

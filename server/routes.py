@@ -53,9 +53,7 @@ def _body_doc(model: type) -> dict:
 
 async def _search(request: Request, engine: Engine, queries: list[str], k: int, mode: str,
                   settings: Settings, timings: dict[str, float] | None = None) -> list[list[dict]]:
-    search = partial(engine.search, queries, k, mode=mode, method=settings.hybrid_method,
-                     alpha=settings.hybrid_alpha, rrf_k=settings.hybrid_rrf_k, depth=settings.hybrid_depth,
-                     timings=timings)
+    search = partial(engine.search, queries, k, mode=mode, timings=timings)
     return await request.app.state.gate.run(search)
 
 

@@ -6,17 +6,18 @@ their own message, whatever Content-Type the client sent.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from common.choices import SearchMode
 from server.errors import APIError, validation_detail
 from server.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
-Mode = Literal["dense", "bm25", "hybrid"]
+Mode = SearchMode
 
 
 class _Strict(BaseModel):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from common.data import DataError, passage_id
 from eval.evalset import default_kb, gold_coverage, load_eval_set
-from retriever.data import DataError, passage_id
 
 
 def test_beir_folder(beir_folder: Path) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.data import Passage
+from common.fusion import FusionConfig
 from eval.retrieve import Retrieval, exact_search, fuse, retrieve_with_bm25, top_k
-from retriever.data import Passage
 
 
 def test_top_k_breaks_ties_by_column() -> None:
@@ -41,7 +42,7 @@ def test_bm25_and_fusion_runs() -> None:
     assert bm25.texts["qa"][0] == passages[0].text
     dense = Retrieval(run={"qa": ["p3", "p1"], "qb": ["p2"]}, scores={"qa": [0.9, 0.8], "qb": [0.7]},
                       texts={"qa": ["s", "a"], "qb": ["r"]})
-    hybrid = fuse(dense, bm25, "rrf", k=2)
+    hybrid = fuse(dense, bm25, 2, FusionConfig(method="rrf"))
     # qa: p1 is 2nd in dense and 1st in BM25 (1/62 + 1/61) and beats p3 (1st in dense only: 1/61)
     assert hybrid.run["qa"][0] == "p1"
     assert len(hybrid.run["qa"]) == 2

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from common.data import Passage, load_corpus
 from indexer import IndexLoadError, SearchIndex, build_index
 from indexer.builds import current_build
 from retriever.bm25 import BM25_FILES, BM25Index
-from retriever.data import Passage, load_corpus
 
 QUERIES = ["where does the river flow", "apple harvest in autumn", "zzzz unknownword"]
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from common.data import load_corpus
 from driver.main import main
 from indexer import IndexLoadError, SearchIndex, build_index
-from indexer.builds import (BUILDS_DIR, CURRENT, LEGACY, current_build, list_builds, new_build, prune_builds,
-                            rollback)
-from retriever.data import load_corpus
+from indexer.builds import BUILDS_DIR, CURRENT, LEGACY, current_build, list_builds, new_build, prune_builds, rollback
 
 
 def _in_new_thread(fn):

@@ -86,8 +86,8 @@ def test_hashes_ending_in_nul_bytes_survive_the_round_trip(tiny_encoder, tmp_pat
                                                            counted: list[int]) -> None:
     import hashlib
 
+    from common.data import Passage
     from indexer import content_hash
-    from retriever.data import Passage
 
     # A raw SHA-1 digest ends in 0x00 once in 256 passages; numpy's "S" dtype drops trailing NULs,
     # which once made such passages miss the cache.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.faults import CHUNK_WRITTEN, _scribble, _truncate, dir_digests, kill_indexer_mid_build
 from indexer.builds import current_build
+from reliability.faults import CHUNK_WRITTEN, _scribble, _truncate, dir_digests, kill_indexer_mid_build
 
 
 @pytest.mark.parametrize("name,damage", [

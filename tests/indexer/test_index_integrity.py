@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.data import DataError
 from indexer import IndexConfig, IndexLoadError, ManifestMismatch, SearchIndex, build_index, check_encoder
 from indexer.builds import current_build
 from retriever import DualEncoder, EncoderConfig
-from retriever.data import DataError
 
 
 def _encoder(tiny_base: Path, **overrides) -> DualEncoder:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.data import load_corpus
 from indexer import IndexConfig, SearchIndex, build_index
 from indexer.builds import current_build
-from retriever.data import load_corpus
 
 
 def _questions(n: int) -> list[str]:

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.synthetic import synthetic_passages, synthetic_queries
+from bench.synthetic import synthetic_passages, synthetic_queries
+from common.data import Passage
 from indexer import IndexConfig, SearchIndex
 from indexer.build import build_index_from_vectors
 from indexer.builds import current_build
 from indexer.searcher import TORCH_FLAT_FROM
-from retriever.data import Passage
 
 N, DIM = 3000, 32
 

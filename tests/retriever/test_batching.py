@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from common.data import Example, Passage
 from retriever.batching import Batch, make_batches
-from retriever.data import Example, Passage
 
 
 def _p(i: int, text: str | None = None) -> Passage:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from common.data import load_examples
 from driver.main import main
-from retriever.data import load_examples
 from retriever.train_config import TRAIN_LOG_FILE, TrainConfig
 
 TINY = ["--query-max-length", "32", "--passage-max-length", "64", "--no-progress"]

@@ -7,12 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.answers import has_answer, normalize_answer
+from common.data import Example, Passage, load_examples
 from retriever import DualEncoder
 from retriever.bm25 import BM25Index
-from retriever.data import Example, Passage, load_examples
-from retriever.answers import has_answer, normalize_answer
-from retriever.mining import (dense_topk, mine_hard_negatives, read_mining_input, select_negatives,
-                              with_hard_negatives, write_records)
+from retriever.mining import (
+    dense_topk,
+    mine_hard_negatives,
+    read_mining_input,
+    select_negatives,
+    with_hard_negatives,
+    write_records,
+)
 
 GOLD = Passage("g", "Casablanca (film)", "Casablanca is a 1942 romantic drama starring Ingrid Bergman and Humphrey Bogart.")
 KB = [

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.data import Passage
 from indexer.builds import current_build
-from retriever.data import Passage
 from retriever.runtime import check_runtime, prepare_encoder
 
 PASSAGES = [Passage("p1", "Rivers", "the river flows to the sea through the valley and past the old mill " * 3),

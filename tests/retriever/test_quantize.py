@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.data import Passage
 from indexer.builds import current_build
-from retriever.data import Passage
 from retriever.quantize import check_mode, quantization_mismatch, quantize_encoder
 
 PASSAGES = [Passage("p1", "Rivers", "the river flows to the sea through the valley"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retriever.data import DataError, load_examples
+from common.data import DataError, load_examples
 from retriever.encoder import DualEncoder, load_encoder
 from retriever.train import build_optimizer, linear_schedule, load_data, pick_val_split, train
 from retriever.train_config import TRAIN_CONFIG_FILE, TRAIN_LOG_FILE, TrainConfig

@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from driver.main import main
-from retriever.checkpoint import (RESUME_DIR, flatten_state_dict, load_resume, recover, resume_progress, rng_state,
-                                  set_rng_state, unflatten_state_dict)
+from retriever.checkpoint import (
+    RESUME_DIR,
+    flatten_state_dict,
+    load_resume,
+    recover,
+    resume_progress,
+    rng_state,
+    set_rng_state,
+    unflatten_state_dict,
+)
 from retriever.distributed import DistContext
 from retriever.train import Trainer, build_optimizer, resume, train
 from retriever.train_config import TRAIN_LOG_FILE, TrainConfig

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eval.serve_proc import free_port
+from common.data import Passage
+from reliability.serve_proc import free_port
 from retriever.batching import Batch
-from retriever.data import Passage
 from retriever.distributed import gather_rows, shard_batch, split_sizes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ WORKER = textwrap.dedent('''
     import numpy as np, torch
     from safetensors.torch import save_file
     from retriever.batching import make_batches
-    from retriever.data import corpus_from_examples, load_examples
+    from common.data import corpus_from_examples, load_examples
     from retriever.distributed import setup, teardown
     from retriever.encoder import load_encoder
     from retriever.train import build_optimizer, linear_schedule

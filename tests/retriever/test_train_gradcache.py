@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.data import corpus_from_examples, load_examples
 from retriever.batching import Batch, make_batches
-from retriever.data import corpus_from_examples, load_examples
 from retriever.encoder import DualEncoder
 from retriever.gradcache import RngState, backward_cached
 from retriever.train_step import compute_gradients

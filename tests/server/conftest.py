@@ -82,7 +82,7 @@ def other_model_dir(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def kb_ids(kb_files: dict[str, Path]) -> dict[str, set[str]]:
-    from retriever.data import load_corpus
+    from common.data import load_corpus
 
     return {name: {p.pid for p in load_corpus(path)} for name, path in kb_files.items()}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from eval.fuzz import hand_cases, run_hand_cases
+from reliability.fuzz import hand_cases, run_hand_cases
 from server.app import create_app
 from server.limits import BodyLimitMiddleware
 from server.settings import Settings

@@ -63,9 +63,8 @@ def test_mixed_modes_and_k_in_one_batch(engine_a) -> None:
              (engine_a, q[0], 6, "dense")]
     batcher = MicroBatcher(Settings(microbatch_max_size=8), workers=1)
     out = asyncio.run(_gather(batcher, calls))
-    settings = Settings()
     for (_, query, k, mode), (hits, _) in zip(calls, out, strict=True):
-        (alone,) = engine_a.search([query], k, mode=mode, method=settings.hybrid_method, alpha=settings.hybrid_alpha)
+        (alone,) = engine_a.search([query], k, mode=mode)
         assert len(hits) == k and _ids(hits) == _ids(alone), mode
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.fuzz import FuzzResult, fuzz_openapi
+from reliability.fuzz import FuzzResult, fuzz_openapi
 from server.app import create_app
 from server.settings import Settings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.serve_proc import start_server
+from reliability.serve_proc import start_server
 
 HEADER_TIMEOUT_S = 1.5
 BODY_TIMEOUT_S = 1.5
@@ -165,7 +165,7 @@ def test_unknown_methods_are_refused_by_the_parser_as_json(served) -> None:
 
 def test_the_abuse_checks_report_what_the_server_did(served) -> None:
     """What `dpr bench reliability` runs at scale (stalled: 50 connections for 30 s; metrics: 80 requests)."""
-    from eval.abuse import junk_methods, stalled_clients
+    from reliability.abuse import junk_methods, stalled_clients
 
     stalled = stalled_clients(served.url, connections=8, hold_s=HEADER_TIMEOUT_S + 8, probe_every_s=0.3)
     assert stalled["dropped"] == 8 and stalled["kept_open"] == 0 and stalled["answers"] == {"408": 8}, stalled
@@ -177,7 +177,7 @@ def test_the_abuse_checks_report_what_the_server_did(served) -> None:
 def test_rebuild_while_serving_and_tampered_builds_checks(index_a: Path, tiny_model_dir: Path, kb_files,
                                                           tmp_path: Path) -> None:
     """The reliability checks behind `dpr bench reliability`'s rebuild and tampered rows, on the tiny model."""
-    from eval.faults import rebuild_while_serving, tampered_builds
+    from reliability.faults import rebuild_while_serving, tampered_builds
 
     queries = [r["question"] for r in json.loads(kb_files["a"].read_text())[:6]]
     result = rebuild_while_serving(index_a, [str(kb_files["b"])], str(tiny_model_dir), tmp_path, queries, idle_s=1.0)

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-
 QUESTION_INDEX = 3
 
 
@@ -25,7 +24,7 @@ def _ids(response) -> list[str]:
 @pytest.fixture(scope="module")
 def question(kb_files) -> tuple[str, str]:
     """A training question and the id of its gold passage (in index 'a')."""
-    from retriever.data import load_examples
+    from common.data import load_examples
 
     example = load_examples(kb_files["a"])[QUESTION_INDEX]
     return example.question, example.positives[0].pid

@@ -63,7 +63,7 @@ def test_unknown_passage_is_404_json(client) -> None:
 
 
 def test_health_and_readiness(client, index_a: Path, tiny_model_dir: Path, kb_files) -> None:
-    from retriever.data import load_corpus
+    from common.data import load_corpus
 
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
@@ -89,7 +89,7 @@ def test_readyz_is_503_without_engine(index_a: Path) -> None:
 
 
 def test_metrics_counts_requests_by_route_and_status(client, kb_files) -> None:
-    from retriever.data import load_corpus
+    from common.data import load_corpus
 
     client.post("/search", json={"query": "metrics probe", "k": 2})
     client.get("/passages/definitely-missing")

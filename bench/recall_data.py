@@ -1,0 +1,115 @@
+"""The benchmark's data: training questions, held-out questions and one knowledge base.
+
+- nq_oracle files: train on the train file, evaluate on the val file; the knowledge base is the gold
+  passages of both (plus any ``--extra-passages``); a hit is the gold passage itself.
+- BEIR folders: train and evaluate on the given splits. When both name the same folder and split (e.g.
+  SciFact, whose only qrels are ``train.tsv``), its queries are split by seed into train / dev / test
+  (70 / 10 / 20): the trainer picks its checkpoint on dev, the table reports test. The split is written
+  as a BEIR folder under the run directory whose corpus and queries are symlinks, so no data is copied.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.data import DataError, Passage, is_beir_dir, load_corpus, read_qrels
+from common.files import atomic_dir
+from eval.evalset import EvalSet, default_kb, load_eval_set
+
+logger = logging.getLogger(__name__)
+
+TEST_SHARE = 0.2
+DEV_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class BenchData:
+    """What the trainer reads (paths and splits) and what the table is measured on."""
+
+    train_path: str
+    train_split: str
+    val_path: str                   # the trainer's checkpoint selection set
+    val_split: str | None
+    train_set: EvalSet              # training questions: the fusion weight is tuned on these
+    test_set: EvalSet               # held-out questions: the table
+    kb: list[Passage]
+    tune_kb: list[Passage]          # the knowledge base the training questions are ranked in
+    notes: dict[str, Any]
+
+
+def _dedup(passages: Sequence[Passage]) -> list[Passage]:
+    seen: dict[str, Passage] = {}
+    for p in passages:
+        seen.setdefault(p.pid, p)
+    return list(seen.values())
+
+
+def split_queries(qids: Sequence[str], seed: int, test_share: float = TEST_SHARE,
+                  dev_share: float = DEV_SHARE) -> dict[str, list[str]]:
+    """``{"train", "dev", "test"}`` query ids: a seeded permutation of the sorted ids, cut by share."""
+    ids = sorted(set(qids))
+    if len(ids) < 5:
+        raise DataError(f"{len(ids)} judged queries: too few to split into train/dev/test")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n_test, n_dev = max(1, round(test_share * len(ids))), max(1, round(dev_share * len(ids)))
+    return {"test": sorted(order[:n_test]), "dev": sorted(order[n_test:n_test + n_dev]),
+            "train": sorted(order[n_test + n_dev:])}
+
+
+def write_split_folder(source: Path, split: str, out: Path, seed: int) -> dict[str, int]:
+    """A BEIR folder at ``out`` with ``qrels/{train,dev,test}.tsv`` cut from ``source``'s ``split``."""
+    qrels = read_qrels(source / "qrels" / f"{split}.tsv")
+    judged = [q for q, j in qrels.items() if any(g > 0 for g in j.values())]
+    parts = split_queries(judged, seed)
+    with atomic_dir(out) as tmp:
+        (tmp / "qrels").mkdir()
+        for name in ("corpus.jsonl", "queries.jsonl"):
+            (tmp / name).symlink_to((source / name).resolve())
+        for name, qids in parts.items():
+            lines = ["query-id\tcorpus-id\tscore"]
+            lines += [f"{q}\t{pid}\t{g}" for q in qids for pid, g in qrels[q].items()]
+            (tmp / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {name: len(qids) for name, qids in parts.items()}
+
+
+def _covers(evalset: EvalSet, kb: Sequence[Passage]) -> bool:
+    return evalset.relevant_ids() <= {p.pid for p in kb}
+
+
+def prepare(train: Path, val: Path, out: Path, seed: int, train_split: str = "train", val_split: str = "test",
+            extra_passages: Sequence[Path] = ()) -> BenchData:
+    """Load (and for a single-split BEIR folder, split) the benchmark data."""
+    for path in (train, val):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such nq_oracle file or BEIR folder")
+    notes: dict[str, Any] = {"train": str(train), "val": str(val)}
+    extra = load_corpus(list(extra_passages)) if extra_passages else []
+    if is_beir_dir(train) and train.resolve() == val.resolve() and (
+            val_split == train_split or not (val / "qrels" / f"{val_split}.tsv").exists()):
+        folder = out / "data" / train.resolve().name
+        sizes = write_split_folder(train, train_split, folder, seed)
+        notes["split"] = {"source": f"{train}/qrels/{train_split}.tsv", "seed": seed, "folder": str(folder),
+                          "shares": {"train": round(1 - TEST_SHARE - DEV_SHARE, 2), "dev": DEV_SHARE,
+                                     "test": TEST_SHARE},
+                          "queries": sizes}
+        logger.info("split %s queries by seed %d: %s (checkpoint picked on dev, table on test)", train, seed, sizes)
+        train_set, test_set = load_eval_set(folder, "train"), load_eval_set(folder, "test")
+        data_paths = (str(folder), "train", str(folder), "dev")
+    else:
+        train_set, test_set = load_eval_set(train, train_split), load_eval_set(val, val_split)
+        data_paths = (str(train), train_split, str(val), val_split if is_beir_dir(val) else None)
+    if test_set.layout == "beir":
+        kb = default_kb(test_set)[0]
+    else:
+        kb = list(train_set.gold_passages) if train_set.layout == "nq_oracle" else []
+        kb += list(test_set.gold_passages)
+    kb = _dedup(kb + extra)
+    tune_kb = kb if _covers(train_set, kb) else _dedup(default_kb(train_set)[0] + extra)
+    notes.update(kb_passages=len(kb), extra_passages=[str(p) for p in extra_passages], extra_count=len(extra),
+                 tune_kb_passages=len(tune_kb), train_queries=len(train_set), test_queries=len(test_set))
+    return BenchData(*data_paths, train_set=train_set, test_set=test_set, kb=kb, tune_kb=tune_kb, notes=notes)

@@ -1,0 +1,102 @@
+"""The HTTP half of ``dpr bench speed``: sequential query latency (split by Server-Timing) and throughput.
+
+Each measurement starts ``dpr serve`` as a subprocess (what a user runs) on a free loopback port,
+with the query-embedding cache off (``DPR_ENCODE_CACHE_SIZE=0``) so repeated questions measure the
+encoder, not the LRU. Queries are real nq_oracle val questions; the body asks for ``mode: dense``.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reliability.serve_proc import free_port, rss_bytes
+from server.batcher import parse_server_timing
+from server.bench_latency import start_server, wait_ready
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("queue", "encode", "search", "fetch", "total")
+
+
+def _rss_mb(pid: int) -> float | None:
+    rss = rss_bytes(pid)
+    return None if rss is None else round(rss / 2**20, 1)
+
+
+@contextmanager
+def serving(index_dir: str | Path, extra: Sequence[str] = (), env: dict[str, str] | None = None,
+            startup_timeout: float = 600) -> Iterator[dict[str, Any]]:
+    """A running ``dpr serve`` of ``index_dir``: yields ``{"url", "port", "pid", "index", "rss_mb"}``."""
+    port = free_port()
+    proc = start_server(str(index_dir), port, list(extra), env={"DPR_ENCODE_CACHE_SIZE": "0", **(env or {})})
+    try:
+        ready = wait_ready(proc, port, startup_timeout)
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "pid": proc.pid, "index": ready["index"],
+               "rss_mb": _rss_mb(proc.pid)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except Exception:                                                  # noqa: BLE001 - never leave it running
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def _pcts(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2),
+            "p99": round(float(np.percentile(a, 99)), 2), "mean": round(float(a.mean()), 2)}
+
+
+def sequential_latency(port: int, queries: Sequence[str], k: int = 10, warmup: int = 5,
+                       mode: str = "dense") -> dict[str, Any]:
+    """One query at a time over one keep-alive connection: client-side p50/p95/p99, and the server's split."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    client_ms: list[float] = []
+    phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    try:
+        for i, query in enumerate([*queries[:warmup], *queries]):
+            body = json.dumps({"query": query, "k": k, "mode": mode})
+            start = time.perf_counter()
+            conn.request("POST", "/search", body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = response.read()
+            elapsed = 1000 * (time.perf_counter() - start)
+            if response.status != 200:
+                raise RuntimeError(f"POST /search {query!r}: HTTP {response.status}: {payload[:300]!r}")
+            if i < warmup:
+                continue
+            client_ms.append(elapsed)
+            timing = parse_server_timing(response.getheader("Server-Timing") or "")
+            for p in PHASES:
+                if f"{p}_ms" in timing:
+                    phases[p].append(timing[f"{p}_ms"])
+    finally:
+        conn.close()
+    out: dict[str, Any] = {"n": len(client_ms), "k": k, "mode": mode, "client_ms": _pcts(client_ms)}
+    out["server_ms"] = {p: _pcts(v) for p, v in phases.items() if v}
+    return out
+
+
+def throughput(url: str, queries: Sequence[str], concurrencies: Sequence[int], duration_s: float,
+               k: int = 10, mode: str = "dense", warmup_requests: int = 8) -> list[dict[str, Any]]:
+    """``reliability.loadgen`` at each concurrency for ``duration_s``: q/s, latency percentiles, failures."""
+    from reliability.loadgen import load
+
+    bodies = [{"query": q, "k": k, "mode": mode} for q in queries]
+    load(url, bodies[:warmup_requests], max(concurrencies), requests=warmup_requests)
+    rows = []
+    for c in concurrencies:
+        summary = load(url, bodies, c, duration_s=duration_s).summary()
+        logger.info("concurrency %d: %.1f q/s, p50 %.1f ms, %d failed", c, summary["qps"], summary["p50_ms"],
+                    summary["failed"])
+        rows.append(summary)
+    return rows
