@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from bench.synthetic import synthetic_passages, synthetic_queries
+from common.files import atomic_write, write_json
+from common.stats import percentile
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def _latency(fn: Callable[[np.ndarray], Any], q: np.ndarray, reps: int) -> tuple
         t = time.perf_counter()
         fn(one)
         times.append(time.perf_counter() - t)
-    return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 99) * 1000)
+    return percentile(times, 50) * 1000, percentile(times, 99) * 1000
 
 
 def _qps(fn: Callable[[np.ndarray], Any], q: np.ndarray, batches: int) -> float:
@@ -88,10 +91,8 @@ def _cached_build(cache: Path | None, name: str, build: Callable[[], faiss.Index
     index = build()
     seconds = time.perf_counter() - t
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(index, str(path) + ".tmp")
-        os.replace(str(path) + ".tmp", path)
-        path.with_suffix(".json").write_text(json.dumps({"build_s": seconds}))
+        atomic_write(path, lambda f: f.write(faiss.serialize_index(index).tobytes()))
+        write_json(path.with_suffix(".json"), {"build_s": seconds})
     return index, seconds, False
 
 
@@ -277,8 +278,7 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ann", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (0: skip synthetic)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--nlist", type=int, default=4096)
@@ -298,13 +298,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the planner's measured table (e.g. indexer/planner_table.json)")
     parser.add_argument("--combine", type=Path, nargs="+", default=None,
                         help="no benchmark: merge these ann.json files into --planner-table")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ann", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dpr bench ann`` (= ``python -m bench.ann``)."""
     if args.combine:
         if args.planner_table is None:
-            parser.error("--combine needs --planner-table")
+            raise ValueError("--combine needs --planner-table")
         args.planner_table.write_text(json.dumps(combine(args.combine), indent=1) + "\n")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     load_before = os.getloadavg()
     hnsw = _ints(args.hnsw)
@@ -313,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> dict[str, Any]:
         report = {
-            "command": " ".join(["python -m bench.ann", *(argv if argv is not None else sys.argv[1:])]),
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_now": os.getloadavg(),
                         "faiss": faiss.__version__, "torch": torch.__version__},

@@ -1,6 +1,6 @@
 """Response serialisation for a k=100 answer: FastAPI's default paths vs orjson.
 
-    python -m bench.json_encoding [--repeat 300]
+    dpr bench json [--repeat 300]
 
 Prints the time to turn one response into bytes (serialiser alone) and per request through the
 ASGI app in process (routing and middleware included, no network).
@@ -73,11 +73,19 @@ def app_for(payload: dict[str, Any]) -> FastAPI:
     return app
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeat", type=int, default=300, help="timings per path; the median is shown")
+    parser.add_argument("--k", type=int, default=100, help="hits in the response")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=300)
-    parser.add_argument("--k", type=int, default=100)
-    args = parser.parse_args()
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args()))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dpr bench json``."""
     payload = sample_response(args.k)
     outputs = {name: fn() for name, fn in serialisers(payload).items()}
     if len({json.dumps(json.loads(b), sort_keys=True) for b in outputs.values()}) != 1:
@@ -91,6 +99,7 @@ def main() -> None:
         for route in ("/default", "/model", "/orjson"):
             ms = _time(lambda route=route: client.get(route), args.repeat)
             print(f"  GET {route:44s} {ms:7.3f} ms")
+    return 0
 
 
 if __name__ == "__main__":

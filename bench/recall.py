@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from bench.plot import markdown_table, plot_curves, recall_curve
 from bench.recall_data import BenchData, prepare
 from common.data import Passage
 from common.files import write_json
+from common.flags import add_dataclass_arguments, dataclass_from_args, opt
 from common.fusion import RRF_K, FusionConfig
 from eval.bootstrap import DEFAULT_RESAMPLES
 from eval.evaluate import DEFAULT_KS, RANK_CUTOFF, evaluate_run
@@ -42,23 +44,26 @@ DENSE_ROW_NAMES = tuple(name for name, _ in DENSE_ROWS)
 
 @dataclass(frozen=True)
 class BenchOptions:
-    train: Path = DEFAULT_TRAIN
-    val: Path = DEFAULT_VAL
-    out: Path = Path("runs/bench-recall")
-    model: str = "minilm"
-    epochs: int = 2
-    seed: int = 42
-    train_split: str = "train"
-    val_split: str = "test"
-    extra_passages: tuple[Path, ...] = ()
-    ks: tuple[int, ...] = DEFAULT_KS
-    n_resamples: int = DEFAULT_RESAMPLES
-    batch_size: int = 64
-    progress: bool = True
-    # The dense rows to run (BM25 and the hybrid always run); fewer rows, less CPU on a big corpus.
-    rows: tuple[str, ...] = DENSE_ROW_NAMES
+    train: Path = opt(DEFAULT_TRAIN, "training questions: nq_oracle JSON or a BEIR folder", metavar="PATH")
+    val: Path = opt(DEFAULT_VAL, "held-out questions: nq_oracle JSON or a BEIR folder; the same BEIR folder and "
+                    "split as --train is split 70/10/20 train/dev/test by --seed", metavar="PATH")
+    out: Path = opt(Path("runs/bench-recall"), "output directory", metavar="DIR")
+    model: str = opt("minilm", "base encoder")
+    epochs: int = opt(2, "training epochs per trained row")
+    seed: int = opt(42, "training, split and bootstrap seed")
+    train_split: str = opt("train", "BEIR qrels split to train on")
+    val_split: str = opt("test", "BEIR qrels split to evaluate on")
+    extra_passages: tuple[Path, ...] = opt((), "more knowledge-base passages (JSONL id/_id,title,text); repeatable",
+                                           action="append", metavar="FILE", show_default=False)
+    ks: tuple[int, ...] = opt(DEFAULT_KS, "Recall@k cut-offs", flag="--k", metavar="K,K,...")
+    n_resamples: int = opt(DEFAULT_RESAMPLES, "bootstrap resamples", flag="--resamples")
+    batch_size: int = opt(64, "texts per encoder batch")
+    progress: bool = opt(True, "progress bars")
+    # Fewer rows, less CPU on a big corpus.
+    rows: tuple[str, ...] = opt(DENSE_ROW_NAMES, "dense rows to run; BM25 and the hybrid always run",
+                                metavar="ROW,ROW")
     # TrainConfig fields passed through unchanged (tests use a tiny model with short sequences).
-    train_overrides: Mapping[str, Any] = field(default_factory=dict)
+    train_overrides: Mapping[str, Any] = opt(default_factory=dict, cli=False)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -221,31 +226,11 @@ def _encoder_overrides(options: BenchOptions) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", type=Path, default=DEFAULT_TRAIN,
-                        help=f"training questions: nq_oracle JSON or a BEIR folder (default {DEFAULT_TRAIN})")
-    parser.add_argument("--val", type=Path, default=DEFAULT_VAL,
-                        help=f"held-out questions: nq_oracle JSON or a BEIR folder (default {DEFAULT_VAL}); "
-                             "the same BEIR folder and split as --train is split 70/10/20 train/dev/test by --seed")
-    parser.add_argument("--train-split", default="train", help="BEIR qrels split to train on (default train)")
-    parser.add_argument("--val-split", default="test", help="BEIR qrels split to evaluate on (default test)")
-    parser.add_argument("--extra-passages", type=Path, action="append", default=[], metavar="FILE",
-                        help="more knowledge-base passages (JSONL id/_id,title,text); repeatable")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs per trained row (default 2)")
-    parser.add_argument("--model", default="minilm", help="base encoder (default minilm)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-recall"), help="output directory")
-    parser.add_argument("--seed", type=int, default=42, help="training, split and bootstrap seed")
-    parser.add_argument("--rows", default=",".join(DENSE_ROW_NAMES), metavar="ROW,ROW",
-                        help=f"dense rows to run (default all: {','.join(DENSE_ROW_NAMES)}); BM25 and hybrid always")
-    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dataclass_arguments(parser, BenchOptions)
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
-    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    return BenchOptions(train=args.train, val=args.val, out=args.out, model=args.model, epochs=args.epochs,
-                        seed=args.seed, train_split=args.train_split, val_split=args.val_split,
-                        extra_passages=tuple(args.extra_passages), n_resamples=args.resamples,
-                        progress=not args.no_progress, rows=rows)
+    return dataclass_from_args(BenchOptions, args)
 
 
 def print_report(report: Mapping[str, Any]) -> None:
@@ -262,14 +247,18 @@ def print_report(report: Mapping[str, Any]) -> None:
           f"bench_recall.md, recall_curves.png")
 
 
+def run(args: argparse.Namespace) -> int:
+    """``dpr bench recall``."""
+    report = run_bench(options_from_args(args), command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    print_report(report)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.recall", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run_bench(options_from_args(args), command=" ".join(["python -m bench.recall", *sys.argv[1:]]))
-    print_report(report)
-    return 0
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from reliability.serve_proc import free_port, rss_bytes
-from server.batcher import parse_server_timing
-from server.bench_latency import start_server, wait_ready
+from common.stats import latency_summary
+from reliability.serve_proc import rss_bytes, start_server
+from server.timing import parse_server_timing
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +32,15 @@ def _rss_mb(pid: int) -> float | None:
 @contextmanager
 def serving(index_dir: str | Path, extra: Sequence[str] = (), env: dict[str, str] | None = None,
             startup_timeout: float = 600) -> Iterator[dict[str, Any]]:
-    """A running ``dpr serve`` of ``index_dir``: yields ``{"url", "port", "pid", "index", "rss_mb"}``."""
-    port = free_port()
-    proc = start_server(str(index_dir), port, list(extra), env={"DPR_ENCODE_CACHE_SIZE": "0", **(env or {})})
+    """A running ``dpr serve`` of ``index_dir`` with the query cache off: yields ``{"url", "port", "pid",
+    "index", "rss_mb"}``."""
+    served = start_server(index_dir, env={"DPR_ENCODE_CACHE_SIZE": "0", **(env or {})}, extra_args=tuple(extra),
+                          wait_s=startup_timeout)
     try:
-        ready = wait_ready(proc, port, startup_timeout)
-        yield {"url": f"http://127.0.0.1:{port}", "port": port, "pid": proc.pid, "index": ready["index"],
-               "rss_mb": _rss_mb(proc.pid)}
+        yield {"url": served.url, "port": served.port, "pid": served.proc.pid, "index": served.ready["index"],
+               "rss_mb": _rss_mb(served.proc.pid)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except Exception:                                                  # noqa: BLE001 - never leave it running
-            proc.kill()
-            proc.wait(timeout=30)
-
-
-def _pcts(values: Sequence[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2),
-            "p99": round(float(np.percentile(a, 99)), 2), "mean": round(float(a.mean()), 2)}
+        served.stop(timeout_s=30)
 
 
 def sequential_latency(port: int, queries: Sequence[str], k: int = 10, warmup: int = 5,
@@ -81,8 +68,8 @@ def sequential_latency(port: int, queries: Sequence[str], k: int = 10, warmup: i
                     phases[p].append(timing[f"{p}_ms"])
     finally:
         conn.close()
-    out: dict[str, Any] = {"n": len(client_ms), "k": k, "mode": mode, "client_ms": _pcts(client_ms)}
-    out["server_ms"] = {p: _pcts(v) for p, v in phases.items() if v}
+    out: dict[str, Any] = {"n": len(client_ms), "k": k, "mode": mode, "client_ms": latency_summary(client_ms)}
+    out["server_ms"] = {p: latency_summary(v) for p, v in phases.items() if v}
     return out
 
 

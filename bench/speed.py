@@ -27,12 +27,13 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from common.files import write_json
+from common.flags import add_dataclass_arguments, given_fields, opt
 
 logger = logging.getLogger(__name__)
 
@@ -49,30 +50,38 @@ def _default_kb() -> list[str]:
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    out: str
-    model: str = "minilm"
-    kb: tuple[str, ...] = field(default_factory=lambda: tuple(_default_kb()))
-    train: str = str(NQ / "nq-oracle-train.json")
-    val: str = str(NQ / "nq-oracle-val.json")
-    sections: tuple[str, ...] = SECTIONS
-    encode_passages: int = 500
-    encode_repeats: int = 3
-    mixed_lengths: bool = True         # re-cut the sample to 5-250 words (see bench.encode.mixed_lengths)
-    batch_size: int = 64
-    threads: int | None = None
-    int8_limit: int | None = None
-    index: str | None = None
-    synthetic_n: int = 1_000_000
+    out: str = opt(help="directory for speed.json, speed.md and built indexes (work/)", metavar="DIR")
+    model: str = opt("minilm", "model to encode with and to serve")
+    kb: tuple[str, ...] = opt(default_factory=lambda: tuple(_default_kb()), help="knowledge base for the encoding "
+                              "sample and the real index (default: nq_oracle train+val gold passages + distractors)",
+                              action="append", metavar="PATH", show_default=False)
+    train: str = opt(str(NQ / "nq-oracle-train.json"), "nq_oracle train JSON (int8 section's KB)", show_default=False)
+    val: str = opt(str(NQ / "nq-oracle-val.json"), "nq_oracle val JSON (questions for every section)",
+                   show_default=False)
+    sections: tuple[str, ...] = opt(SECTIONS, "sections to run", metavar="SECTION,SECTION")
+    encode_passages: int = opt(500, "passages in the encoding sample")
+    encode_repeats: int = opt(3, "rounds of the encoding ways, taking turns; best kept")
+    # Re-cut the sample to 5-250 words (see bench.encode.mixed_lengths).
+    mixed_lengths: bool = opt(True, "re-cut the encoding sample to log-uniform 5-250 words, a KB with mixed passage "
+                              "lengths (--no-mixed-lengths keeps the ~100-word DPR passages)")
+    batch_size: int = opt(64, "passages per encoder batch")
+    threads: int | None = opt(None, "torch threads for the encode/int8 sections; none: torch's")
+    int8_limit: int | None = opt(None, "int8 section: only the first N val questions; none: all")
+    index: str | None = opt(None, "real index to serve; none: build one from --kb into OUT/work", metavar="DIR")
+    synthetic_n: int = opt(1_000_000, "synthetic vectors")
     # TYPE[:field=value...] (IndexConfig fields): ANN settings that reach recall@10 >= 0.95 at 1M in
     # bench.ann (IVF-PQ needs ~30x re-scoring; HNSW M16/efC80 keeps the 1M build to minutes).
-    synthetic_types: tuple[str, ...] = ("flat", "ivfflat", "ivfpq:rescore_factor=30",
-                                        "hnsw:hnsw_m=16:hnsw_ef_construction=80:hnsw_ef_search=256")
-    synthetic_dir: str | None = None
-    latency_queries: int = 200
-    k: int = 10
-    concurrency: tuple[int, ...] = (1, 8, 32)
-    duration_s: float = 15.0
-    serve_args: tuple[str, ...] = ()
+    synthetic_types: tuple[str, ...] = opt(("flat", "ivfflat", "ivfpq:rescore_factor=30",
+                                            "hnsw:hnsw_m=16:hnsw_ef_construction=80:hnsw_ef_search=256"),
+                                           "TYPE[:FIELD=VALUE...] (IndexConfig fields) per synthetic index",
+                                           metavar="SPEC,SPEC")
+    synthetic_dir: str | None = opt(None, "where synthetic indexes are built and reused; none: OUT/work/synthetic")
+    latency_queries: int = opt(200, "sequential queries per index")
+    k: int = opt(10, "hits per query")
+    concurrency: tuple[int, ...] = opt((1, 8, 32), "throughput concurrencies", metavar="C,C,...")
+    duration_s: float = opt(15.0, "seconds per throughput point", flag="--duration")
+    serve_args: tuple[str, ...] = opt((), "extra `dpr serve` flag (repeatable)", flag="--serve-arg", action="append",
+                                      show_default=False)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.sections) - set(SECTIONS))
@@ -231,49 +240,16 @@ def run_speed(options: SpeedOptions, command: str = "") -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = SpeedOptions(out="")
-    parser.add_argument("--out", required=True, help="directory for speed.json, speed.md and built indexes (work/)")
-    parser.add_argument("--model", default=d.model, help="model to encode with and to serve (default minilm)")
-    parser.add_argument("--kb", action="append", help="knowledge base for the encoding sample and the real index "
-                                                      "(default: nq_oracle train+val gold passages + distractors)")
-    parser.add_argument("--train", default=d.train, help="nq_oracle train JSON (int8 section's KB)")
-    parser.add_argument("--val", default=d.val, help="nq_oracle val JSON (questions for every section)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
-    parser.add_argument("--quick", action="store_true", help="a small run: few passages, 20k synthetic vectors, short loads")
-    parser.add_argument("--encode-passages", type=int, help=f"passages in the encoding sample (default {d.encode_passages})")
-    parser.add_argument("--mixed-lengths", action=argparse.BooleanOptionalAction, default=d.mixed_lengths,
-                        help="re-cut the encoding sample to log-uniform 5-250 words, a KB with mixed passage lengths "
-                             "(default on; --no-mixed-lengths keeps the ~100-word DPR passages)")
-    parser.add_argument("--encode-repeats", type=int,
-                        help=f"rounds of the encoding ways, taking turns; best kept (default {d.encode_repeats})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--threads", type=int, help="torch threads for the encode/int8 sections (default: torch's)")
-    parser.add_argument("--int8-limit", type=int, help="int8 section: only the first N val questions")
-    parser.add_argument("--index", help="real index to serve (default: build one from --kb into OUT/work)")
-    parser.add_argument("--synthetic-n", type=int, help=f"synthetic vectors (default {d.synthetic_n})")
-    parser.add_argument("--synthetic-types", default=",".join(d.synthetic_types), help="comma list of TYPE[:FIELD=VALUE...] (IndexConfig fields), e.g. "
-                             "ivfpq:rescore_factor=30 (default: %(default)s)")
-    parser.add_argument("--synthetic-dir", help="where synthetic indexes are built and reused (default OUT/work/synthetic)")
-    parser.add_argument("--latency-queries", type=int, help=f"sequential queries per index (default {d.latency_queries})")
-    parser.add_argument("--concurrency", help="comma list (default 1,8,32)")
-    parser.add_argument("--duration", type=float, help=f"seconds per throughput point (default {d.duration_s})")
-    parser.add_argument("--serve-arg", action="append", default=[], help="extra `dpr serve` flag (repeatable)")
+    add_dataclass_arguments(parser, SpeedOptions)
+    parser.add_argument("--quick", action="store_true",
+                        help="a small run (few passages, 20k synthetic vectors, short loads); flags given still win")
 
 
 def options_from_args(args: argparse.Namespace) -> SpeedOptions:
-    values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    given = {"encode_passages": args.encode_passages, "encode_repeats": args.encode_repeats, "int8_limit": args.int8_limit,
-             "synthetic_n": args.synthetic_n, "latency_queries": args.latency_queries, "duration_s": args.duration,
-             "concurrency": tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else None}
-    values.update({k: v for k, v in given.items() if v is not None})
-    options = SpeedOptions(
-        out=args.out, model=args.model, train=args.train, val=args.val, batch_size=args.batch_size,
-        threads=args.threads, index=args.index, mixed_lengths=args.mixed_lengths, synthetic_dir=args.synthetic_dir,
-        sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()),
-        synthetic_types=tuple(t.strip() for t in args.synthetic_types.split(",") if t.strip()),
-        serve_args=tuple(args.serve_arg), **({"kb": tuple(args.kb)} if args.kb else {}),
-    )
-    return replace(options, **values)
+    if args.out is None:
+        raise ValueError("--out is required")
+    preset = dict(QUICK) if args.quick else {}
+    return SpeedOptions(**{**preset, **given_fields(args, SpeedOptions)})
 
 
 def run(args: argparse.Namespace) -> int:

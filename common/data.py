@@ -282,16 +282,6 @@ def _corpus_record(record: Any, where: str) -> Passage:
     return Passage(pid=str(pid), title=_str_field(record, "title", where, required=False), text=text)
 
 
-def iter_corpus(path: str | Path) -> Iterator[Passage]:
-    """Passages from one knowledge-base source, in file order (duplicates not yet removed).
-
-    A ``.jsonl`` of ``id/_id, title, text``; a BEIR folder; or nq_oracle/DPR question files, whose
-    gold (and hard-negative) contexts become the knowledge base.
-    """
-    for _, passage in _iter_corpus(Path(path)):
-        yield passage
-
-
 def _iter_corpus(path: Path) -> Iterator[tuple[str, Passage]]:
     """``(where, passage)``: ``where`` names the file and record, for errors found later (duplicates)."""
     if is_beir_dir(path):

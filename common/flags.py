@@ -4,7 +4,7 @@ A setting is written once, as a field with its default and its help text in the 
 (:func:`opt`); its flag, type, choices and default shown in ``--help`` come from there. So a default
 lives in exactly one place, and the CLI and the library cannot drift apart.
 
-Field types understood: ``str``, ``int``, ``float``, ``bool`` (``--x/--no-x``), ``Literal[...]``
+Field types understood: ``str``, ``int``, ``float``, ``Path``, ``bool`` (``--x/--no-x``), ``Literal[...]``
 (choices), ``X | None``, and ``tuple[T, ...]`` (``action="append"`` repeats the flag; otherwise one
 comma-separated value).
 """
@@ -15,6 +15,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Literal, Union
 
 _MISSING = dataclasses.MISSING
@@ -100,7 +101,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
                 kwargs.update(action="append", type=item)
             else:
                 kwargs["type"] = _comma_list(item, flag_name(field))
-        elif kind in (int, float, str):
+        elif kind in (int, float, str, Path):
             kwargs["type"] = kind
         else:
             raise TypeError(f"{cls.__name__}.{field.name}: no flag for type {kind!r}")

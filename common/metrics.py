@@ -1,6 +1,7 @@
 """Retrieval metrics as pure functions over qrels and runs (after tevatron's ``eval/metrics.py``).
 
-- qrels: ``{qid: {pid: grade}}`` (grade > 0 is relevant); a ``{qid: set(pids)}`` is accepted too.
+- qrels: ``{qid: {pid: grade}}`` (grade > 0 is relevant, fractional grades too); a ``{qid: set(pids)}``
+  is accepted as well.
 - run: ``{qid: [pid, ...]}`` ranked best first.
 
 Each function averages over the queries in ``qrels`` that have at least one relevant passage; a query
@@ -11,17 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence, Set
 
-Qrels = Mapping[str, Mapping[str, int] | Set[str]]
+Qrels = Mapping[str, Mapping[str, float] | Set[str]]
 Run = Mapping[str, Sequence[str]]
 
 
-def _grades(judged: Mapping[str, int] | Set[str]) -> dict[str, int]:
+def _grades(judged: Mapping[str, float] | Set[str]) -> dict[str, float]:
     if isinstance(judged, Mapping):
-        return {pid: int(g) for pid, g in judged.items() if g > 0}
-    return {pid: 1 for pid in judged}
+        return {pid: float(g) for pid, g in judged.items() if g > 0}
+    return {pid: 1.0 for pid in judged}
 
 
-def _per_query(qrels: Qrels) -> dict[str, dict[str, int]]:
+def _per_query(qrels: Qrels) -> dict[str, dict[str, float]]:
     out = {qid: _grades(j) for qid, j in qrels.items()}
     return {qid: g for qid, g in out.items() if g}
 
@@ -72,7 +73,8 @@ def ndcg_per_query(qrels: Qrels, run: Run, k: int) -> dict[str, float]:
     out = {}
     for qid, rel in _per_query(qrels).items():
         ranked = run.get(qid, [])[:k]
-        # A passage listed twice earns its gain once (as in trec_eval); otherwise nDCG could pass 1.
+        # A passage listed twice earns its gain once, at its first rank, so nDCG cannot pass 1
+        # (trec_eval refuses a run that lists a document twice for one query).
         firsts = {pid: rank for rank, pid in reversed(list(enumerate(ranked, start=1)))}
         dcg = sum(rel.get(pid, 0) / math.log2(rank + 1) for pid, rank in firsts.items())
         ideal = sorted(rel.values(), reverse=True)[:k]

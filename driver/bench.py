@@ -1,47 +1,39 @@
-"""`dpr bench`: benchmarks. `dpr bench recall` runs the recall benchmark (see eval/bench_recall.py)."""
+"""`dpr bench NAME`: every benchmark and reliability check of the project, one subcommand each.
+
+Each entry names the module that holds its ``add_arguments`` and ``run``; only the one being run is
+imported (so ``dpr bench --help`` stays light).
+"""
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
-from pathlib import Path
+import importlib
+from collections.abc import Sequence
+
+from driver.main import chosen
+
+BENCHES = {
+    "recall": ("bench.recall", "zero-shot, trained, BM25 and hybrid rows: Recall@k, MRR, nDCG with CIs, JSON and a "
+                               "PNG of Recall@k curves"),
+    "speed": ("bench.speed", "encoding throughput, int8 recall, HTTP latency (real KB and synthetic flat/HNSW/IVF), "
+                             "throughput at concurrency 1/8/32 with and without micro-batching"),
+    "reliability": ("reliability.checks", "fuzzing, load and hot swap, kill -9 of builds and training, corrupt, "
+                                          "tampered and rebuilt-in-place indexes, stalled clients, metrics growth"),
+    "ann": ("bench.ann", "ANN index types at scale: recall@10 vs exact, memory, build time, latency, q/s; writes "
+                         "the index planner's table"),
+    "latency": ("bench.latency", "sequential HTTP latency of `dpr serve` on an index, split by Server-Timing"),
+    "json": ("bench.json_encoding", "response serialisation of a k=100 answer: FastAPI's default vs orjson"),
+}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    recall = sub.add_parser("recall", help="zero-shot, in-batch, hard-negative, BM25 and hybrid rows: "
-                                           "Recall@k table with CIs, JSON and a PNG of Recall@k curves")
-    from bench.recall import add_arguments as add_recall_arguments
-
-    add_recall_arguments(recall)
-    reliability = sub.add_parser("reliability", help="fuzzing, 60 s load with a hot swap, kill -9 of index and "
-                                                     "train builds, corrupt indexes: one figure per check")
-    from reliability.checks import add_arguments as add_reliability_arguments
-
-    add_reliability_arguments(reliability)
-    speed = sub.add_parser("speed", help="encoding throughput (vs naive, sentence-transformers, int8), HTTP query "
-                                         "latency (real KB and 1M synthetic flat/HNSW/IVF-PQ), throughput at "
-                                         "concurrency 1/8/32 with and without micro-batching")
-    from bench.speed import add_arguments as add_speed_arguments
-
-    add_speed_arguments(speed)
+    name = chosen(list(argv)[list(argv).index("bench") + 1:] if "bench" in argv else [], list(BENCHES))
+    for bench, (module, help_text) in BENCHES.items():
+        p = sub.add_parser(bench, help=help_text, description=help_text)
+        p.set_defaults(_bench_module=module)
+        if bench == name:
+            importlib.import_module(module).add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bench == "speed":
-        from bench.speed import run as run_speed
-
-        return run_speed(args)
-    if args.bench == "reliability":
-        from reliability.checks import options_from_args as reliability_options
-        from reliability.checks import print_report as print_reliability
-        from reliability.checks import run_reliability
-
-        report = run_reliability(reliability_options(args))
-        print_reliability(report)
-        return 0 if report.ok else 1
-    from bench.recall import options_from_args, print_report, run_bench
-
-    report = run_bench(options_from_args(args), command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
-    print_report(report)
-    return 0
+    return int(importlib.import_module(args._bench_module).run(args) or 0)

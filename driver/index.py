@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 
+from common.choices import DTYPES, QUANTIZE_MODES, RUNTIMES
+from common.flags import add_dataclass_arguments, dataclass_from_args
 from indexer.builds import DEFAULT_KEEP
-from indexer.config import INDEX_TYPES, IndexConfig
+from indexer.config import IndexConfig
+from indexer.shards import DEFAULT_CHUNK
 
-_DEFAULTS = IndexConfig()
 ACTIONS = ("build", "merge", "plan", "rollback")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, argv: object = ()) -> None:
     parser.add_argument("action", nargs="?", choices=ACTIONS, default="build",
                         help="build (default): embed and index; merge: assemble shards; plan: recommend an index; "
                              "rollback: serve the previous build of DIR (then reload the server)")
@@ -32,43 +34,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-builds", type=int, default=DEFAULT_KEEP,
                         help="builds kept under DIR/builds/ for rollback, the new one included; older ones "
                              "no server has open are deleted (default %(default)s)")
-    parser.add_argument("--index-type", choices=INDEX_TYPES, default=_DEFAULTS.index_type)
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="passages per encoder batch")
-    hnsw = parser.add_argument_group("hnsw")
-    hnsw.add_argument("--hnsw-m", type=int, default=_DEFAULTS.hnsw_m)
-    hnsw.add_argument("--hnsw-ef-construction", type=int, default=_DEFAULTS.hnsw_ef_construction)
-    hnsw.add_argument("--hnsw-ef-search", type=int, default=_DEFAULTS.hnsw_ef_search)
-    ivf = parser.add_argument_group("ivfflat / ivfpq")
-    ivf.add_argument("--ivf-nlist", type=int, default=None, help="inverted lists (default ~4*sqrt(n))")
-    ivf.add_argument("--pq-m", type=int, default=_DEFAULTS.pq_m, help="PQ sub-quantizers (must divide dim)")
-    ivf.add_argument("--pq-nbits", type=int, default=_DEFAULTS.pq_nbits)
-    ivf.add_argument("--nprobe", type=int, default=_DEFAULTS.nprobe)
-    ivf.add_argument("--opq", action="store_true", help="ivfpq: rotate vectors (OPQ) before product quantisation")
-    ivf.add_argument("--rescore-factor", type=int, default=_DEFAULTS.rescore_factor,
-                     help="ivfpq: re-rank k*F candidates on the exact vectors (10 reached recall@10 0.99 at 1M)")
-    ivf.add_argument("--train-sample", type=int, default=None,
-                     help="train IVF/PQ/OPQ on at most this many vectors (default: 256 per centroid)")
+    groups: dict = {}
+    add_dataclass_arguments(parser, IndexConfig, groups=groups)
     work = parser.add_argument_group("resumable and sharded embedding")
     work.add_argument("--work-dir", default=None,
                       help="where embedding chunks are kept until the index is written (default <out>.work)")
-    work.add_argument("--chunk-size", type=int, default=None, help="passages per chunk file (default 8192)")
+    work.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
+                      help="passages per chunk file (default %(default)s)")
     work.add_argument("--shard", metavar="I/N", default=None,
                       help="embed only shard I of N (contiguous KB rows) into --out; then `dpr index merge`")
-    work.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+    work.add_argument("--dtype", choices=DTYPES, default=DTYPES[0],
                       help="shard vector precision (float16 halves shard size; the index is float32)")
     merge = parser.add_argument_group("merge")
     merge.add_argument("--shards", nargs="+", metavar="DIR", help="the N shard directories, any order")
     plan = parser.add_argument_group("plan")
     plan.add_argument("--count", type=int, help="passages to index")
-    plan.add_argument("--dim", type=int, default=768, help="embedding dim")
+    plan.add_argument("--dim", type=int, default=768, help="embedding dim (default %(default)s)")
     plan.add_argument("--ram-gb", type=float, default=None, help="RAM budget for the index (GB)")
-    plan.add_argument("--target-recall", type=float, default=0.95, help="recall@10 vs exact search to reach")
+    plan.add_argument("--target-recall", type=float, default=0.95,
+                      help="recall@10 vs exact search to reach (default %(default)s)")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for encoding (default: torch's choice; 1 can win on a busy CPU)")
-    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default=QUANTIZE_MODES[0],
                         help="embed with an int8 dynamically quantised encoder (faster on CPU; recorded in the manifest)")
-    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+    parser.add_argument("--runtime", choices=RUNTIMES, default=RUNTIMES[0],
                         help="run the encoder on torch or ONNX Runtime (fused layers; with --quantize int8 the "
                              "fastest CPU path, README 'Speed benchmark')")
     parser.add_argument("--no-bm25", action="store_true",
@@ -77,12 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> IndexConfig:
-    return IndexConfig(
-        index_type=args.index_type, batch_size=args.batch_size, hnsw_m=args.hnsw_m,
-        hnsw_ef_construction=args.hnsw_ef_construction, hnsw_ef_search=args.hnsw_ef_search,
-        ivf_nlist=args.ivf_nlist, pq_m=args.pq_m, pq_nbits=args.pq_nbits, nprobe=args.nprobe,
-        opq=args.opq, train_sample=args.train_sample, rescore_factor=args.rescore_factor,
-    )
+    return dataclass_from_args(IndexConfig, args)
 
 
 def _require(args: argparse.Namespace, *names: str) -> None:
@@ -143,17 +128,17 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     from indexer.build import build_index, embed_shard
-    from indexer.shards import DEFAULT_CHUNK, ShardSpec
+    from indexer.shards import ShardSpec
     from retriever.encoder import load_encoder, model_ref
     from retriever.runtime import prepare_encoder
 
     spec = ShardSpec.parse(args.shard) if args.shard is not None else None
-    chunk = args.chunk_size or DEFAULT_CHUNK
+    chunk = args.chunk_size
     encoder = load_encoder(args.model)
     prepare_encoder(encoder, args.runtime, args.quantize)  # torch + none: as loaded
     if spec is not None:
         stats = embed_shard(encoder, args.kb, args.out, spec, model_dir=model_ref(args.model), dtype=args.dtype,
-                            chunk_size=chunk, batch_size=args.batch_size, progress=not args.no_progress)
+                            chunk_size=chunk, batch_size=config.batch_size, progress=not args.no_progress)
         start, stop = stats["rows"]
         print(f"shard {spec.index}/{spec.count}: rows {start}-{stop - 1} ({stop - start} passages, {args.dtype}) "
               f"in {args.out}: {stats['embedded']} embedded, {stats['resumed']} resumed")

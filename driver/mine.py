@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from common.choices import MINING_METHODS
+
 EPILOG = """\
 The output holds the input records with a `hard_negatives` list (DPR records: `hard_negative_ctxs`),
 best ranked first; a BEIR folder is written as nq_oracle records. Gold passages (same id or text) are
@@ -12,7 +14,7 @@ never chosen. Example:
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, argv: object = ()) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("--model", default="minilm",
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kb", action="append", required=True, metavar="PATH",
                         help="knowledge base to mine from (repeatable): JSONL, BEIR folder or question files")
     parser.add_argument("--out", required=True, help="output file (.json array or .jsonl)")
-    parser.add_argument("--method", choices=("model", "bm25"), default="model", help="default: %(default)s")
+    parser.add_argument("--method", choices=MINING_METHODS, default=MINING_METHODS[0], help="default: %(default)s")
     parser.add_argument("--num", type=int, default=1, help="hard negatives per question (default: %(default)s)")
     parser.add_argument("--depth", type=int, default=100, help="ranks searched per question (default: %(default)s)")
     parser.add_argument("--skip-answer-negatives", action=argparse.BooleanOptionalAction, default=False,

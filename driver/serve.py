@@ -4,29 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from common.flags import add_settings_arguments
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", metavar="DIR", help="index directory (default: $DPR_INDEX_DIR)")
-    parser.add_argument("--model", metavar="DIR",
-                        help="model to encode queries with (default: the one the index manifest records)")
-    parser.add_argument("--host", help="bind address (default 127.0.0.1, or $DPR_HOST)")
-    parser.add_argument("--port", type=int, help="port (default 8000, or $DPR_PORT)")
-    parser.add_argument("--torch-threads", type=int,
-                        help="intra-op torch threads per request (default 1, or $DPR_TORCH_THREADS)")
-    parser.add_argument("--default-mode", choices=("dense", "bm25", "hybrid"),
-                        help="search mode of requests that name none (default hybrid, or $DPR_DEFAULT_MODE)")
-    parser.add_argument("--hybrid-alpha", type=float,
-                        help="dense weight of hybrid score interpolation (default 0.8, or $DPR_HYBRID_ALPHA)")
-    parser.add_argument("--quantize", choices=("none", "int8"),
-                        help="encode queries with an int8 dynamically quantised encoder (default none, or $DPR_QUANTIZE)")
-    parser.add_argument("--runtime", choices=("torch", "onnx"),
-                        help="run the query encoder on torch or ONNX Runtime (default torch, or $DPR_RUNTIME)")
-    parser.add_argument("--microbatch", action=argparse.BooleanOptionalAction, default=None,
-                        help="batch concurrent /search requests (default on, or $DPR_MICROBATCH)")
-    parser.add_argument("--microbatch-max-wait-ms", type=float,
-                        help="longest a query waits for others to batch with (default 2, or $DPR_MICROBATCH_MAX_WAIT_MS)")
-    parser.add_argument("--microbatch-max-size", type=int,
-                        help="most queries per batch (default 32, or $DPR_MICROBATCH_MAX_SIZE)")
+
+def add_arguments(parser: argparse.ArgumentParser, argv: object = ()) -> None:
+    from server.settings import Settings
+
+    add_settings_arguments(parser, Settings, "DPR_")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each request")
 
 
@@ -43,11 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.settings import Settings
 
-    flags = {"index_dir": args.index, "model_dir": args.model, "host": args.host, "port": args.port,
-             "torch_threads": args.torch_threads, "default_mode": args.default_mode,
-             "hybrid_alpha": args.hybrid_alpha, "quantize": args.quantize, "runtime": args.runtime, "microbatch": args.microbatch,
-             "microbatch_max_wait_ms": args.microbatch_max_wait_ms, "microbatch_max_size": args.microbatch_max_size}
-    settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    flags = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    settings = Settings(**flags)
     if settings.index_dir is None:
         raise ValueError("no index to serve: pass --index DIR or set DPR_INDEX_DIR")
     if not settings.index_dir.is_dir():

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.choices import FUSION_METHODS, SEARCH_MODES, FusionMethod, check_choice
+from common.choices import FUSION_METHODS, SEARCH_MODES, FusionMethod, SearchMode, check_choice
+from common.flags import opt
 from common.fusion import FusionConfig
 from eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from eval.evalset import EvalSet, gold_coverage, load_eval_set, load_kb
@@ -35,23 +36,30 @@ _FUSION = FusionConfig()
 class EvalOptions:
     """What to evaluate on which data. ``model`` with ``index`` overrides the index's recorded model."""
 
-    data: Path
-    split: str = "test"
-    model: str | None = None
-    index: Path | None = None
-    url: str | None = None
-    server_mode: str = "dense"             # the search mode asked of --url (its dense row by default)
-    bm25: bool = False
-    kb: tuple[Path, ...] = ()
-    hybrid: FusionMethod | None = None
-    alpha: float = _FUSION.alpha
-    rrf_k: int = _FUSION.rrf_k
-    depth: int = _FUSION.depth
-    ks: tuple[int, ...] = DEFAULT_KS
-    batch_size: int = 64
-    n_resamples: int = DEFAULT_RESAMPLES
-    seed: int = DEFAULT_SEED
-    progress: bool = True
+    data: Path = opt(help="questions: an nq_oracle/DPR JSON file, or a BEIR folder (with --split)", metavar="PATH")
+    split: str = opt("test", "BEIR qrels split: qrels/<split>.tsv")
+    model: str | None = opt(None, "a saved dual-encoder directory or a base alias such as 'minilm' (with --index: "
+                            "use it instead of the model the index records)", group="what to evaluate")
+    index: Path | None = opt(None, "a built index directory (dpr index); with --bm25 and no --kb, its own BM25 and "
+                             "hybrid: what `dpr serve` of it answers", group="what to evaluate", metavar="DIR")
+    url: str | None = opt(None, "a running search server, e.g. http://127.0.0.1:8000", group="what to evaluate")
+    server_mode: SearchMode = opt("dense", "with --url: the search mode to ask the server for",
+                                  group="what to evaluate")
+    bm25: bool = opt(False, "BM25 over the knowledge base (with --index: the index's own)", group="what to evaluate")
+    kb: tuple[Path, ...] = opt((), "knowledge base for --model/--bm25: JSONL (id/_id,title,text), a BEIR folder, or "
+                               "nq_oracle JSON (its gold passages); repeat for several. Default: the --data file's "
+                               "own gold passages (BEIR: its corpus)", action="append", metavar="PATH",
+                               show_default=False)
+    hybrid: FusionMethod | None = opt(None, "also fuse the dense run with BM25 (needs --bm25): score interpolation "
+                                      "or reciprocal rank fusion", group="hybrid")
+    alpha: float = opt(_FUSION.alpha, "dense weight of --hybrid interp", group="hybrid")
+    rrf_k: int = opt(_FUSION.rrf_k, "k of --hybrid rrf", group="hybrid")
+    depth: int = opt(_FUSION.depth, "candidates from each side before fusing", group="hybrid")
+    ks: tuple[int, ...] = opt(DEFAULT_KS, "Recall@k cut-offs", flag="--k", metavar="K,K,...")
+    batch_size: int = opt(64, "texts per encoder batch")
+    n_resamples: int = opt(DEFAULT_RESAMPLES, "bootstrap resamples", flag="--resamples")
+    seed: int = opt(DEFAULT_SEED, "bootstrap seed")
+    progress: bool = opt(True, "progress bars")
 
     def __post_init__(self) -> None:
         if not (self.model or self.index or self.url or self.bm25):

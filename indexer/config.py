@@ -7,8 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from common.choices import INDEX_TYPES, IVF_TYPES, check_choice
+from common.choices import INDEX_TYPES, IVF_TYPES, IndexType, check_choice
 from common.files import check_config_keys
+from common.flags import opt
 
 logger = logging.getLogger(__name__)
 
@@ -24,21 +25,24 @@ class IndexConfig:
     (``None``: FAISS's useful maximum, 256 per centroid). ``hnsw_ef_search`` and ``nprobe`` are
     search-time settings, restored whenever the index is opened. ivfpq fetches ``k * rescore_factor``
     candidates and re-ranks them on the exact vectors (measured on 1M x 384 with pq_m=48: 4 gives recall@10
-    0.57, 10 gives 0.78, 30 gives 0.96; see eval/bench_ann.py).
+    0.57, 10 gives 0.78, 30 gives 0.96; see bench/ann.py). ``dpr index``'s flags are generated from
+    these fields.
     """
 
-    index_type: str = "flat"
-    batch_size: int = 64
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
-    ivf_nlist: int | None = None
-    pq_m: int = 48
-    pq_nbits: int = 8
-    nprobe: int = 16
-    opq: bool = False
-    train_sample: int | None = None
-    rescore_factor: int = 4
+    index_type: IndexType = opt("flat", "flat (exact), hnsw, ivfflat or ivfpq (see `dpr index plan`)")
+    batch_size: int = opt(64, "passages per encoder batch")
+    hnsw_m: int = opt(32, "HNSW graph degree", group="hnsw")
+    hnsw_ef_construction: int = opt(200, "HNSW build-time candidate list", group="hnsw")
+    hnsw_ef_search: int = opt(128, "HNSW search-time candidate list (at least k)", group="hnsw")
+    ivf_nlist: int | None = opt(None, "inverted lists; none: about 4*sqrt(n)", group="ivfflat / ivfpq")
+    pq_m: int = opt(48, "PQ sub-quantizers (lowered to a divisor of the dim)", group="ivfflat / ivfpq")
+    pq_nbits: int = opt(8, "bits per PQ code", group="ivfflat / ivfpq")
+    nprobe: int = opt(16, "inverted lists searched per query", group="ivfflat / ivfpq")
+    opq: bool = opt(False, "ivfpq: rotate vectors (OPQ) before product quantisation", group="ivfflat / ivfpq")
+    train_sample: int | None = opt(None, "train IVF/PQ/OPQ on at most this many vectors; none: 256 per centroid",
+                                   group="ivfflat / ivfpq")
+    rescore_factor: int = opt(4, "ivfpq: re-rank k*F candidates on the exact vectors (at 1M x 384, pq_m 48: 10 "
+                              "reached recall@10 0.78, 30 reached 0.96)", group="ivfflat / ivfpq")
 
     def __post_init__(self) -> None:
         check_choice("index_type", self.index_type, INDEX_TYPES)

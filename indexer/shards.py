@@ -11,21 +11,22 @@ the chunks that are missing. ``dpr index --shard I/N`` writes such a directory f
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common.choices import DTYPES, check_choice
 from common.data import Passage
-from common.files import read_json, write_json
+from common.files import atomic_write, read_json, write_json
 from indexer.manifest import encoder_differences, file_sha256
-from retriever.encoder import DualEncoder
+
+if TYPE_CHECKING:
+    from retriever.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,7 @@ def chunk_name(j: int, suffix: str) -> str:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 def _same_header(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

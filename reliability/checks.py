@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from common.flags import add_dataclass_arguments, dataclass_from_args, opt
+from reliability.report import print_report, summary_row, summary_table
 from reliability.serve_proc import dpr_command, rss_bytes, run_to_exit, start_server
 
 logger = logging.getLogger(__name__)
@@ -45,21 +47,23 @@ CHECKS = ("fuzz", "load", "swap", "index-kill", "train-kill", "corrupt", "stalle
 
 @dataclass(frozen=True)
 class ReliabilityOptions:
-    work: str = "runs/reliability"
-    model: str = "minilm"
-    distractors: str = str(REPO.parent / "shared" / "data" / "distractors" / DISTRACTORS)
-    duration_s: float = 60.0
+    work: str = opt("runs/reliability", "indexes, logs, reliability.json and reliability.md")
+    model: str = opt("minilm", "model to build the indexes with")
+    distractors: str = opt(str(REPO.parent / "shared" / "data" / "distractors" / DISTRACTORS),
+                           "extra passages (JSONL) in index A and B", show_default=False)
+    duration_s: float = opt(60.0, "load test seconds", flag="--duration")
     # Load before the measured window, so RSS growth is measured after the first-request allocations
     # (thread pools, tokenizer and allocator arenas), i.e. it shows leaks, not start-up.
-    warmup_s: float = 10.0
-    concurrency: int = 32
-    swap_at_s: float = 30.0
-    fuzz_examples: int = 200
-    stalled_connections: int = 50
-    stalled_hold_s: float = 30.0
-    junk_requests: int = 40
-    rebuild_idle_s: float = 15.0
-    checks: tuple[str, ...] = CHECKS
+    warmup_s: float = opt(10.0, "seconds of load before the measured window", flag="--warmup")
+    concurrency: int = opt(32, "clients of the load and swap checks")
+    swap_at_s: float = opt(30.0, "seconds into the swap check's load to hot-swap index B in", flag="--swap-at")
+    fuzz_examples: int = opt(200, "generated requests per operation and mode")
+    stalled_connections: int = opt(50, "slowloris connections of the stalled check")
+    stalled_hold_s: float = opt(30.0, "seconds the stalled connections are held at most", flag="--stalled-hold")
+    junk_requests: int = opt(40, "made-up methods (and as many made-up paths) of the metrics check")
+    rebuild_idle_s: float = opt(15.0, "seconds idle after the in-place rebuild, before searching again",
+                                flag="--rebuild-idle")
+    checks: tuple[str, ...] = opt(CHECKS, "comma-separated subset of the checks", metavar="CHECK,CHECK")
 
 
 @dataclass
@@ -262,7 +266,7 @@ def check_metrics(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
 
 
 def check_rebuild(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
-    from reliability.faults import rebuild_while_serving
+    from reliability.tamper import rebuild_while_serving
 
     bodies, _ = _train_questions()
     queries = [b["query"] for b in bodies[:20]]
@@ -270,30 +274,11 @@ def check_rebuild(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
 
 
 def check_tampered(o: ReliabilityOptions, index_a: Path) -> dict[str, Any]:
-    from reliability.faults import tampered_builds
+    from reliability.tamper import tampered_builds
 
     work = Path(o.work) / "tampered"
     work.mkdir(parents=True, exist_ok=True)
     return tampered_builds(index_a, work)
-
-
-def summary_row(name: str, r: dict[str, Any]) -> dict[str, Any]:
-    """The same four figures for every check: inputs tried, 5xx answers, server crashes, server RSS."""
-    tried = {"fuzz": r.get("tried"), "load": r.get("sent"), "swap": r.get("sent"), "index-kill": r.get("crashes"),
-             "train-kill": r.get("crashes"), "corrupt": r.get("crashes"), "stalled": r.get("connections"),
-             "metrics": r.get("requests"), "rebuild": r.get("answers"), "tampered": r.get("tried")}.get(name)
-    if name in ("load", "swap"):
-        five = sum(n for s, n in (r.get("status_counts") or {}).items() if str(s).isdigit() and int(s) >= 500)
-    elif name == "stalled":
-        five = (r.get("probes") or {}).get("5xx")
-    else:
-        five = r.get("server_errors", 0 if name in ("index-kill", "train-kill", "corrupt") else None)
-    crashed = r.get("server_crashed")
-    if crashed is None and "server_exit" in r:
-        crashed = r["server_exit"] not in (0, -15, None)
-    rss = r.get("server_rss_mb") or r.get("rss_last10s_mb")
-    return {"check": name, "tried": tried, "5xx": five, "server_crashes": int(bool(crashed)) if crashed is not None
-            else 0, "rss_mb": rss, "ok": bool(r.get("ok"))}
 
 
 def run_reliability(o: ReliabilityOptions) -> Report:
@@ -327,103 +312,16 @@ def run_reliability(o: ReliabilityOptions) -> Report:
     return report
 
 
-def headline(name: str, r: dict[str, Any]) -> str:
-    """The one figure per check the issue asks for."""
-    if "error" in r and len(r) <= 3:
-        return f"{name:<11} ERROR: {r['error'][:300]}"
-    status = "ok  " if r.get("ok") else "FAIL"
-    if name == "fuzz":
-        return (f"{name:<11} {status} bad inputs tried / 5xx seen: {r['tried']} / {r['server_errors']} "
-                f"(non-JSON errors {r['non_json_errors']}, contract breaks {len(r['bad'])})")
-    if name in ("load", "swap"):
-        line = (f"{name:<11} {status} requests sent / failed: {r['sent']} / {r['failed']} at concurrency "
-                f"{r['concurrency']} for {r['duration_s']} s: {r['qps']} q/s, p50 {r['p50_ms']} ms, "
-                f"p99 {r['p99_ms']} ms, "
-                f"RSS {r['rss_first10s_mb']} -> {r['rss_last10s_mb']} MB ({r['rss_growth_pct']:+}%)")
-        if "reload" in r:
-            rl = r["reload"]
-            line += (f"\n{'':<16} reload at {rl.get('start_s')} s -> HTTP {rl.get('status')} "
-                     f"in {round(rl.get('done_s', 0) - rl.get('start_s', 0), 2)} s; top hit in the old index's own "
-                     f"passages: {r['top_hit_in_old_only_passages_before']} before, "
-                     f"{r['top_hit_in_old_only_passages_after']} after")
-        return line
-    if name == "index-kill":
-        return (f"{name:<11} {status} crashes injected / data lost: {r['crashes']} / {r['data_lost']} "
-                f"(served index unchanged: {r['served_unchanged']}, still loads: {r['served_still_loads']}; "
-                f"re-run exit {r['rerun_exit']} in {r['rerun_seconds']} s, {r['rerun_resumed_from_chunks']} passages resumed "
-                f"from the killed build's chunks: {' '.join(r['rerun_summary'])[:200]})")
-    if name == "train-kill":
-        return (f"{name:<11} {status} crashes injected / data lost: {r.get('crashes')} / {r.get('data_lost')} "
-                f"(killed at {r.get('killed_at')}, max metric diff vs uninterrupted {r.get('max_metric_diff')}, "
-                f"max loss diff {r.get('max_loss_diff')}{'; ' + r['error'][:300] if 'error' in r else ''})")
-    if name == "corrupt":
-        return (f"{name:<11} {status} corrupt files tried / served anyway: {r['crashes']} / {r['served_corrupt']}")
-    if name == "stalled":
-        return (f"{name:<11} {status} stalled connections / dropped by the server: {r['connections']} / {r['dropped']} "
-                f"(in {r['drop_s_min']}-{r['drop_s_max']} s, answers {r['answers']}); searches meanwhile "
-                f"{r['probes']['ok']} ok / {r['probes']['5xx']} 5xx / {r['probes']['failed']} failed; "
-                f"RSS {r['server_rss_mb']} MB")
-    if name == "metrics":
-        return (f"{name:<11} {status} junk requests / /metrics growth: {r['requests']} / {r['growth_bytes']} bytes "
-                f"({r['metrics_bytes_before']} -> {r['metrics_bytes_after']}; answers {r['answers']})")
-    if name == "rebuild":
-        return (f"{name:<11} {status} answers checked / wrong: {r['answers']} / {r['wrong_answers']} "
-                f"(phases {r['phases']}; reload HTTP {r['reload_status']}, "
-                f"{r['answers_switched_after_reload']} of the queries' answers changed after it)")
-    if name == "tampered":
-        return (f"{name:<11} {status} tampered builds / served anyway / reload accepted: {r['tried']} / "
-                f"{r['served_anyway']} / {r['reload_accepted']} (5xx {r['server_errors']})")
-    return f"{name:<11} {status} {r}"
-
-
-def summary_table(report: Report) -> str:
-    """Markdown: one row per check with its inputs tried, 5xx, server crashes and RSS."""
-    lines = ["| check | inputs tried | 5xx | server crashes | server RSS MB | result | seconds |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in report.results.items():
-        row = r.get("summary") or summary_row(name, r)
-        cells = ["-" if row[k] is None else str(row[k]) for k in ("tried", "5xx", "server_crashes", "rss_mb")]
-        lines.append(f"| {name} | {' | '.join(cells)} | {'ok' if row['ok'] else 'FAIL'} | {r.get('seconds', '-')} |")
-    return "\n".join(lines) + "\n"
-
-
-def print_report(report: Report) -> None:
-    for name, r in report.results.items():
-        print(headline(name, r))
-    print()
-    print(summary_table(report))
-    print(f"overall: {'all checks passed' if report.ok else 'SOME CHECKS FAILED'} "
-          f"(details: {Path(report.options['work']) / 'reliability.json'})")
-
-
 def add_arguments(parser: Any) -> None:
-    d = ReliabilityOptions()
-    parser.add_argument("--work", default=d.work, help="indexes, logs and reliability.json (default: %(default)s)")
-    parser.add_argument("--model", default=d.model, help="model to build the indexes with (default: %(default)s)")
-    parser.add_argument("--distractors", default=d.distractors, help="extra passages (JSONL) in index A and B")
-    parser.add_argument("--duration", type=float, default=d.duration_s, help="load test seconds (default: %(default)s)")
-    parser.add_argument("--warmup", type=float, default=d.warmup_s,
-                        help="seconds of load before the measured window (default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=d.concurrency, help="default: %(default)s")
-    parser.add_argument("--swap-at", type=float, default=d.swap_at_s,
-                        help="seconds into the swap check's load to hot-swap index B in (default: %(default)s)")
-    parser.add_argument("--fuzz-examples", type=int, default=d.fuzz_examples,
-                        help="generated requests per operation and mode (default: %(default)s)")
-    parser.add_argument("--stalled-connections", type=int, default=d.stalled_connections, help="default: %(default)s")
-    parser.add_argument("--stalled-hold", type=float, default=d.stalled_hold_s,
-                        help="seconds the stalled connections are held at most (default: %(default)s)")
-    parser.add_argument("--junk-requests", type=int, default=d.junk_requests, help="default: %(default)s")
-    parser.add_argument("--rebuild-idle", type=float, default=d.rebuild_idle_s,
-                        help="seconds idle after the in-place rebuild, before searching again (default: %(default)s)")
-    parser.add_argument("--checks", default=",".join(d.checks),
-                        help=f"comma-separated subset of {','.join(CHECKS)} (default: all)")
+    add_dataclass_arguments(parser, ReliabilityOptions)
 
 
 def options_from_args(args: Any) -> ReliabilityOptions:
-    return ReliabilityOptions(work=args.work, model=args.model, distractors=args.distractors,
-                              duration_s=args.duration, warmup_s=args.warmup, concurrency=args.concurrency,
-                              swap_at_s=args.swap_at,
-                              fuzz_examples=args.fuzz_examples, stalled_connections=args.stalled_connections,
-                              stalled_hold_s=args.stalled_hold, junk_requests=args.junk_requests,
-                              rebuild_idle_s=args.rebuild_idle,
-                              checks=tuple(c.strip() for c in args.checks.split(",") if c.strip()))
+    return dataclass_from_args(ReliabilityOptions, args)
+
+
+def run(args: Any) -> int:
+    """``dpr bench reliability`` (``make reliability``): exit 1 if any check failed."""
+    report = run_reliability(options_from_args(args))
+    print_report(report)
+    return 0 if report.ok else 1

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 import orjson
+
+from common.stats import percentile
 
 
 @dataclass
@@ -42,7 +43,7 @@ class LoadResult:
         return self.ok / self.duration_s if self.duration_s > 0 else 0.0
 
     def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+        return percentile(self.latencies_ms, q)
 
     def summary(self) -> dict[str, Any]:
         return {"concurrency": self.concurrency, "sent": self.sent, "ok": self.ok, "failed": self.failed,

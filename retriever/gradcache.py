@@ -5,7 +5,7 @@ gradient-accumulation pieces. GradCache splits the work instead: (1) embed every
 graph, (2) compute the loss on the full embedding matrices and backpropagate only to the embeddings,
 (3) re-run each chunk with a graph and backpropagate the cached embedding gradient through it. Only
 one chunk's activations are alive at a time; the result equals the plain gradient when step (3)
-sees the same dropout masks as step (1), which :class:`RngReplay` arranges.
+sees the same dropout masks as step (1), which :class:`RngState` arranges.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ a finished run deletes it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -42,7 +43,7 @@ from retriever.checkpoint import (
 )
 from retriever.distributed import DistContext, all_gather_object, barrier, broadcast_object, setup, teardown
 from retriever.encoder import model_ref
-from retriever.train_config import TRAIN_CONFIG_FILE, TRAIN_LOG_FILE, TrainConfig
+from retriever.train_config import RESUME_FREE_FIELDS, TRAIN_CONFIG_FILE, TRAIN_LOG_FILE, TrainConfig
 from retriever.train_setup import (
     TrainData,
     build_model,
@@ -67,7 +68,6 @@ __all__ = ["Trainer", "TrainData", "TrainResult", "build_model", "build_optimize
 TIE_BREAK = "mrr@10"
 # May change between a run and its resume: they change where/how fast, not what is computed
 # (gradient caching changes dropout masks, so a resumed run with another chunk is not bit-identical).
-RESUME_FREE_FIELDS = ("device", "checkpoint_every", "grad_cache_chunk", "eval_batch_size", "dist_timeout_minutes")
 
 
 @dataclass(frozen=True)
@@ -354,12 +354,30 @@ def train(config: TrainConfig, progress: bool = True, *, resume: bool = False,
         teardown(ctx, clean)
 
 
+def resume_config(out: str | Path, given: dict[str, Any] | None = None) -> TrainConfig:
+    """The config to continue the interrupted run in ``out`` with: the saved one.
+
+    ``given``: options the caller set (``dpr train --resume OUT --lr ...``). Those of
+    :data:`RESUME_FREE_FIELDS` (where and how fast training runs) override the saved values; any
+    other must equal the saved value, or the resume is refused with every difference named.
+    """
+    saved_file = resume_dir(out) / TRAIN_CONFIG_FILE
+    if not saved_file.exists():
+        load_resume(out)   # raises the "nothing to resume" error
+    saved = TrainConfig.load(saved_file)
+    given = dict(given or {})
+    given.pop("out", None)
+    differences = [f"{k}: saved {getattr(saved, k)!r}, now {v!r}" for k, v in given.items()
+                   if k not in RESUME_FREE_FIELDS and v != getattr(saved, k)]
+    if differences:
+        raise ValueError(f"--resume {out}: options differ from the interrupted run (" + "; ".join(differences)
+                         + "); pass only --resume to continue it as it was")
+    return dataclasses.replace(saved, **{k: v for k, v in given.items() if k in RESUME_FREE_FIELDS})
+
+
 def resume(out: str | Path, progress: bool = True) -> TrainResult:
     """Continue the interrupted run in ``out`` with its saved config (``dpr train --resume OUT``)."""
-    saved = resume_dir(out) / TRAIN_CONFIG_FILE
-    if not saved.exists():
-        load_resume(out)   # raises the "nothing to resume" error
-    return train(TrainConfig.load(saved), progress, resume=True)
+    return train(resume_config(out), progress, resume=True)
 
 
 def _rank_key(metrics: dict[str, float], config: TrainConfig) -> tuple[float, float]:

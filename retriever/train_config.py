@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.choices import HARD_NEGATIVE_SOURCES, POOLINGS, SIMILARITIES, HardNegatives
+from common.choices import HARD_NEGATIVE_SOURCES, POOLINGS, SIMILARITIES, HardNegatives, Pooling, Similarity
 from common.data import is_beir_dir
 from common.files import check_config_keys, read_json
+from common.flags import opt
 
 TRAIN_CONFIG_FILE = "train_config.json"
 TRAIN_LOG_FILE = "train_log.json"
+# Fields a resumed run may change: they decide where and how fast it runs, not which steps it takes.
+RESUME_FREE_FIELDS = ("device", "checkpoint_every", "grad_cache_chunk", "eval_batch_size", "dist_timeout_minutes")
 # The encoder fields a fresh model takes from the command line; None means EncoderConfig's default.
 ENCODER_FIELDS = ("pooling", "similarity", "temperature", "tie_encoders", "query_max_length", "passage_max_length")
 
@@ -21,52 +24,77 @@ ENCODER_FIELDS = ("pooling", "similarity", "temperature", "tie_encoders", "query
 class TrainConfig:
     """Everything a training run depends on (paths included), so a run can be repeated from its JSON.
 
-    Defaults were chosen on nq_oracle (500 train questions) from the packaged MiniLM: see the
-    README/report. ``epochs=2`` with model-mined negatives stays well inside 15 minutes on 2 CPU cores.
+    ``dpr train``'s flags are generated from these fields (:mod:`common.flags`): each default and help
+    text is written here once. Defaults were chosen on nq_oracle (500 train questions) from the
+    packaged MiniLM (``dpr bench recall``); ``epochs=2`` with model-mined negatives stays well inside
+    15 minutes on 2 CPU cores.
     """
 
-    train: str
-    val: str
-    out: str
-    model: str = "minilm"
-    kb: tuple[str, ...] = ()
-    train_split: str = "train"
-    val_split: str | None = None           # BEIR only; None picks val, dev or test, whichever exists
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    hard_negatives: HardNegatives = "model"
-    num_hard_negatives: int = 1
-    remine_every: int = 0                  # epochs between re-mining; 0 = mine once before training
-    skip_answer_negatives: bool = True
-    mine_depth: int = 100                  # how deep to look for negatives past the filtered passages
-    val_k: int = 5
-    # Checkpoint selection: "auto" = nDCG@10 on a BEIR folder (graded, several relevant passages per
-    # query), else Recall@val_k (DPR top-k accuracy, one gold passage); or name one: recall@K, mrr@10, ndcg@10.
-    select_metric: str = "auto"
-    eval_ks: tuple[int, ...] = (1, 5, 10, 20, 100)
-    eval_batch_size: int = 64
-    seed: int = 42
-    device: str = "auto"
+    train: str = opt(help="training questions: nq_oracle JSON/JSONL, DPR JSON or a BEIR folder", group="data",
+                     metavar="PATH")
+    val: str = opt(help="validation questions (same layouts)", group="data", metavar="PATH")
+    out: str = opt(help="where the best checkpoint, train_config.json and train_log.json go (--train, --val and "
+                        "--out are required unless --resume)", group="data", metavar="DIR")
+    kb: tuple[str, ...] = opt((), "validation knowledge base (repeatable; JSONL, BEIR folder or question files); "
+                              "default: the gold passages of --train and --val", group="data", action="append",
+                              metavar="PATH", show_default=False)
+    train_split: str = opt("train", "BEIR qrels split for --train", group="data")
+    val_split: str | None = opt(None, "BEIR qrels split for --val; none: val, dev or test, whichever exists",
+                                group="data")
+    model: str = opt("minilm", "base checkpoint (hub name, local dir, or 'minilm', the packaged offline default) "
+                     "or a saved dual-encoder dir to continue from", group="model")
+    # Encoder options for a fresh model (None = EncoderConfig's defaults); a saved model keeps its own.
+    pooling: Pooling | None = opt(None, "new models only (none: mean)", group="model")
+    similarity: Similarity | None = opt(None, "new models only (none: cos)", group="model")
+    temperature: float | None = opt(None, "softmax temperature (none: 0.05 for cos, 1 for dot)", group="model")
+    tie_encoders: bool | None = opt(None, "one shared encoder for queries and passages (none: tied)", group="model")
+    query_max_length: int | None = opt(None, "new models only (none: 64 tokens)", group="model")
+    passage_max_length: int | None = opt(None, "new models only (none: 256 tokens)", group="model")
+    epochs: int = opt(2, "passes over the training questions", group="optimisation")
+    batch_size: int = opt(32, "questions per batch (the global batch under torchrun)", group="optimisation")
+    lr: float = opt(2e-5, "peak learning rate (AdamW, linear warmup and decay)", group="optimisation")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and norms)", group="optimisation")
+    warmup_ratio: float = opt(0.1, "share of the steps spent warming up", group="optimisation")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm", group="optimisation")
+    seed: int = opt(42, "seed of batching, mining and initialisation", group="optimisation")
+    device: str = opt("auto", "auto (cuda:LOCAL_RANK under torchrun if CUDA is there, else cpu), cpu, cuda, "
+                      "cuda:1 ...", group="optimisation")
     # Texts per forward pass with gradient caching (0 = off): bounds activation memory, same gradient.
-    grad_cache_chunk: int = 0
-    # Optimiser steps between resume checkpoints in <out>/resume (also written at each epoch end).
-    checkpoint_every: int = 50
-    # How long a rank waits for the others in a collective (torch.distributed's default is 30 min for
-    # gloo, 10 for NCCL); rank 0 alone validates and mines a whole corpus meanwhile, which can take hours.
-    dist_timeout_minutes: float = 360.0
-    # Encoder options for a fresh model (None = EncoderConfig defaults); a saved model keeps its own.
-    pooling: str | None = None
-    similarity: str | None = None
-    temperature: float | None = None
-    tie_encoders: bool | None = None
-    query_max_length: int | None = None
-    passage_max_length: int | None = None
+    grad_cache_chunk: int = opt(0, "gradient caching: embed N texts per forward pass, so activation memory is "
+                                "that of N, not of the whole batch; same gradient, one extra forward pass "
+                                "(0: off)", group="optimisation", metavar="N")
+    hard_negatives: HardNegatives = opt("model", "none (in-batch only), model (mined by the current model), bm25, "
+                                        "or file (hard_negative(s) / hard_negative_ctxs in --train)",
+                                        group="hard negatives")
+    num_hard_negatives: int = opt(1, "hard negatives per question", group="hard negatives")
+    remine_every: int = opt(0, "re-mine every N epochs with the current model; 0: mine once",
+                            group="hard negatives", metavar="N")
+    skip_answer_negatives: bool = opt(True, "never use a passage containing an answer string as a negative",
+                                      group="hard negatives")
+    mine_depth: int = opt(100, "how deep to look for negatives past the filtered passages", group="hard negatives")
+    val_k: int = opt(5, "Recall@k that picks the checkpoint kept (unless --select-metric names another), ties "
+                     "broken by MRR@10", group="validation")
+    # "auto" = nDCG@10 on a BEIR folder (graded, several relevant passages per query), else Recall@val_k
+    # (DPR top-k accuracy, one gold passage).
+    select_metric: str = opt("auto", "validation metric that picks the checkpoint kept: auto (nDCG@10 for a BEIR "
+                             "--val, else Recall@val-k), recall@K, mrr@10 or ndcg@10", group="validation",
+                             metavar="METRIC")
+    eval_ks: tuple[int, ...] = opt((1, 5, 10, 20, 100), "Recall@k cut-offs reported each epoch", group="validation",
+                                   metavar="K,K,...")
+    eval_batch_size: int = opt(64, "texts per encoder batch when validating and mining", group="validation")
+    checkpoint_every: int = opt(50, "write the resume state to OUT/resume every STEPS optimiser steps and at each "
+                                "epoch end; a finished run deletes it", group="checkpoints and resuming",
+                                metavar="STEPS")
+    # torch.distributed's default is 30 min for gloo, 10 for NCCL; rank 0 alone validates and mines a
+    # whole corpus meanwhile, which can take hours.
+    dist_timeout_minutes: float = opt(360.0, "under torchrun: how long ranks wait for each other in a collective, "
+                                      "e.g. while rank 0 validates and mines alone",
+                                      group="checkpoints and resuming", metavar="MIN")
 
     def __post_init__(self) -> None:
+        for name in ("train", "val", "out"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required (--{name})")
         object.__setattr__(self, "kb", tuple(str(p) for p in self.kb))
         selected = re.fullmatch(r"recall@(\d+)", self.select_metric)
         extra = {int(selected.group(1))} if selected else set()

@@ -22,6 +22,7 @@ from common.data import Passage
 from common.fusion import FusionConfig
 from indexer import ManifestMismatch, SearchIndex, check_encoder
 from retriever.encoder import DualEncoder, load_encoder, model_ref
+from server.errors import NotReady
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ class EngineLoadError(RuntimeError):
     def __init__(self, message: str, public: str | None = None) -> None:
         super().__init__(message)
         self.public = public or message
-
-
-class NotReady(RuntimeError):
-    """No engine is loaded (start-up has not finished or failed)."""
 
 
 class QueryCache:

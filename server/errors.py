@@ -19,12 +19,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from indexer.errors import IndexLoadError
-from server.engine import NotReady
 
 CLIENT_CLOSED = 499
 RETRY_AFTER_S = 1
 
 logger = logging.getLogger(__name__)
+
+
+class NotReady(RuntimeError):
+    """No engine is loaded (start-up has not finished or failed)."""
 
 
 class APIError(Exception):

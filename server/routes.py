@@ -10,7 +10,6 @@ from fastapi.responses import HTMLResponse
 from starlette.responses import Response
 
 from server.auth import require_client
-from server.batcher import server_timing
 from server.deps import EngineDep, HolderDep, MetricsDep, SettingsDep, json_response
 from server.engine import Engine
 from server.errors import APIError
@@ -26,6 +25,7 @@ from server.schemas import (
     resolve_mode,
 )
 from server.settings import Settings
+from server.timing import server_timing
 
 router = APIRouter()
 

@@ -109,3 +109,16 @@ def test_evaluate_run_adds_answer_match_over_judged_queries() -> None:
 def test_evaluate_run_refuses_qrels_without_relevant_passages() -> None:
     with pytest.raises(ValueError, match="no query has a relevant passage"):
         evaluate_run({"q": {"a": 0}}, {"q": ["a"]})
+
+
+def test_fractional_grades_below_one() -> None:
+    """A grade of 0.5 is relevant: it counts for recall and earns half the gain of a 1 (it once raised
+    ZeroDivisionError in nDCG, truncated to grade 0)."""
+    from common.metrics import ndcg_at_k, recall_at_k
+
+    qrels = {"q": {"a": 0.5}}
+    assert recall_at_k(qrels, {"q": ["a"]}, 1) == 1.0
+    assert ndcg_at_k(qrels, {"q": ["a"]}, 10) == 1.0
+    assert ndcg_at_k(qrels, {"q": ["x", "a"]}, 10) == pytest.approx(1 / math.log2(3))
+    mixed = {"q": {"a": 0.5, "b": 1.0}}
+    assert ndcg_at_k(mixed, {"q": ["a", "b"]}, 10) == pytest.approx((0.5 + 1 / math.log2(3)) / (1 + 0.5 / math.log2(3)))

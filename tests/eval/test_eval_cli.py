@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +16,7 @@ from driver import evaluate
 from eval.client import retrieve_with_server
 from eval.evalset import load_eval_set
 from eval.runner import EvalOptions
+from reliability.serve_proc import start_server
 
 BASE_METRICS = {"recall@1", "recall@5", "recall@10", "recall@20", "recall@100", "mrr@10", "ndcg@10",
                 "full_recall@100"}
@@ -104,35 +103,16 @@ def test_index_directory(small_nq: tuple[Path, Path], saved_model: Path, tiny_ba
         dpr_eval("--data", val, "--index", index_dir, "--model", tiny_base, "--no-progress")
 
     # The same index behind the real server, evaluated over HTTP.
-    with running_server(index_dir) as url:
+    served = start_server(index_dir, tmp_path / "serve.log")
+    try:
         out = tmp_path / "server.json"
-        assert dpr_eval("--data", val, "--url", url, "--out", out, "--resamples", 50, "--no-progress") == 0
+        assert dpr_eval("--data", val, "--url", served.url, "--out", out, "--resamples", 50, "--no-progress") == 0
+    finally:
+        served.stop()
     report = json.loads(out.read_text())
     system = report["systems"][0]
     assert system["source"] == "server" and system["server"]["index"]["count"] == 16
     assert _check_metrics(system, BASE_METRICS | ANSWER_METRICS)["recall@100"]["value"] == 1.0
-
-
-@contextlib.contextmanager
-def running_server(index_dir: Path) -> Iterator[str]:
-    """``server.create_app`` under uvicorn on a free port, in a thread."""
-    import uvicorn
-
-    from server import Settings, create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(index_dir=index_dir)), host="127.0.0.1", port=0,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 # ----------------------------------------------------------------------------- a fake search server
@@ -263,3 +243,39 @@ def test_registered_as_dpr_eval(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["eval", "--data", str(tmp_path / "missing.json"), "--bm25", "--no-progress"]) == 2
     assert "dpr eval: error: " in (err := capsys.readouterr().err)
     assert "missing.json: no such evaluation data file" in err
+
+
+def test_eval_of_an_index_measures_what_its_server_answers(small_nq: tuple[Path, Path], saved_model: Path,
+                                                           tmp_path: Path) -> None:
+    """`dpr eval --index IDX --bm25 --hybrid interp` (default fusion) ranks every query exactly as
+    `dpr serve --index IDX` does in hybrid mode (and in bm25 and dense mode); the hybrid weight once
+    drifted between the two (0.5 vs 0.8)."""
+    from eval.runner import retrieve_systems
+    from indexer import build_index
+    from retriever.encoder import DualEncoder, model_ref
+
+    train, val = small_nq
+    index_dir = build_index(DualEncoder.load(saved_model), [train, val], tmp_path / "index",
+                            model_dir=model_ref(saved_model), progress=False)
+    evalset = load_eval_set(val)
+    local = {name: r.run for name, r, _ in retrieve_systems(
+        EvalOptions(data=val, index=index_dir, bm25=True, hybrid="interp", progress=False), evalset, None)}
+    assert list(local) == ["dense", "bm25", "hybrid-interp"]
+    served = start_server(index_dir, tmp_path / "serve.log")
+    try:
+        remote = {mode: retrieve_systems(EvalOptions(data=val, url=served.url, server_mode=mode, progress=False),
+                                         evalset, None)[0][1].run for mode in ("dense", "bm25", "hybrid")}
+    finally:
+        served.stop()
+    assert local["hybrid-interp"] == remote["hybrid"]
+    assert local["bm25"] == remote["bm25"] and local["dense"] == remote["dense"]
+    from indexer import SearchIndex
+
+    with SearchIndex.open(index_dir) as index:                           # k=100: every passage, ranked
+        assert {len(r) for r in local["hybrid-interp"].values()} == {len(index)}
+    out = tmp_path / "hybrid.json"
+    assert dpr_eval("--data", val, "--index", index_dir, "--bm25", "--hybrid", "interp", "--out", out,
+                    "--resamples", 20, "--no-progress") == 0
+    systems = json.loads(out.read_text())["systems"]
+    assert [s["name"] for s in systems] == ["dense", "bm25", "hybrid-interp"]
+    assert systems[2]["alpha"] == 0.8 and systems[2]["depth"] == 100 and systems[1]["source"] == "index bm25"

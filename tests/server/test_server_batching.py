@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from server.batcher import BatcherClosed, MicroBatcher, parse_server_timing, server_timing
+from server.batcher import BatcherClosed, MicroBatcher
 from server.engine import load_engine
 from server.settings import Settings
+from server.timing import parse_server_timing, server_timing
 
 DEMO_DATA = Path(__file__).resolve().parents[2] / "data" / "nq_oracle"
 

@@ -32,7 +32,7 @@ def test_compose_services() -> None:
     assert indexer["profiles"] == ["indexer"] and "profiles" not in api
 
     serve = _parse_cli(api["command"])
-    assert (serve.index, serve.host, serve.port) == ("/data/index", "0.0.0.0", 8000)
+    assert (serve.index_dir, serve.host, serve.port) == ("/data/index", "0.0.0.0", 8000)
     index = _parse_cli(indexer["command"])
     assert index.out == "/data/index" and index.model == "minilm"
     for kb in index.kb:                               # the knowledge base ships inside the image
@@ -55,7 +55,7 @@ def test_dockerfile() -> None:
     assert user and user[-1] not in ("USER root", "USER 0")
     assert "EXPOSE 8000" in lines
     cmd = [line for line in lines if line.startswith("CMD ")][-1]
-    assert _parse_cli(yaml.safe_load(cmd[4:])).index == "/data/index"   # a JSON array is YAML too
+    assert _parse_cli(yaml.safe_load(cmd[4:])).index_dir == "/data/index"   # a JSON array is YAML too
 
 
 def test_dockerignore_keeps_the_image_small_but_complete() -> None:

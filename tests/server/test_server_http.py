@@ -177,7 +177,7 @@ def test_the_abuse_checks_report_what_the_server_did(served) -> None:
 def test_rebuild_while_serving_and_tampered_builds_checks(index_a: Path, tiny_model_dir: Path, kb_files,
                                                           tmp_path: Path) -> None:
     """The reliability checks behind `dpr bench reliability`'s rebuild and tampered rows, on the tiny model."""
-    from reliability.faults import rebuild_while_serving, tampered_builds
+    from reliability.tamper import rebuild_while_serving, tampered_builds
 
     queries = [r["question"] for r in json.loads(kb_files["a"].read_text())[:6]]
     result = rebuild_while_serving(index_a, [str(kb_files["b"])], str(tiny_model_dir), tmp_path, queries, idle_s=1.0)

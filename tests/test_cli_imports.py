@@ -1,0 +1,35 @@
+"""`dpr` itself: the entry point loads no torch, FAISS or transformers until a command runs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "faiss", "transformers", "onnxruntime", "fastapi", "uvicorn", "bm25s")
+
+
+def _loaded(code: str) -> list[str]:
+    probe = f"import sys\n{code}\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    return [m for m in done.stdout.strip().split(",") if m]
+
+
+def test_import_of_the_dpr_entry_point_loads_no_torch() -> None:
+    assert _loaded("import driver.main") == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["index", "--help"], ["eval", "--help"],
+                                  ["serve", "--help"], ["mine", "--help"], ["bench", "--help"],
+                                  ["bench", "recall", "--help"], ["bench", "reliability", "--help"],
+                                  ["bench", "latency", "--help"]])
+def test_help_loads_no_heavy_library(argv: list[str]) -> None:
+    code = ("import contextlib, io\nfrom driver.main import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main({argv!r})")
+    assert _loaded(code) == []
+
+
+def test_version() -> None:
+    done = subprocess.run([sys.executable, "-m", "driver.main", "--version"], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.startswith("dpr ") and done.stdout.split()[1][0].isdigit()
