@@ -128,6 +128,7 @@ TAMPERING = {
         "DELETE FROM passages WHERE row = 3",
         "INSERT INTO passages (row, pid, title, text, hash) VALUES (3, 'evil', 't', 'injected', 'x')")),
     "store: row injected": ("passages.sqlite", _sql(
+        "DELETE FROM passages WHERE row = 0",
         "INSERT INTO passages (row, pid, title, text, hash) VALUES (100000, 'evil', 't', 'injected', 'x')")),
     "manifest: nested 100k deep": ("manifest.json", _manifest_edit(
         lambda m: '{"format_version": 2, "files": ' + "[" * 100_000 + "]" * 100_000 + "}")),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from common.answers import has_answer
 from common.choices import MINING_METHODS, check_choice
 from common.data import DataError, Example, Passage, is_beir_dir, load_examples, parse_example, read_records
+from common.files import atomic_write_text
 from retriever.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
@@ -146,21 +145,11 @@ def with_hard_negatives(record: dict[str, Any], negatives: Sequence[Passage]) ->
 def write_records(path: str | Path, records: Sequence[dict[str, Any]]) -> None:
     """JSON lines for ``.jsonl``, else a JSON array; written to a temporary file and renamed into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:
         text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def _context_record(p: Passage) -> dict[str, str]:

@@ -96,3 +96,24 @@ def admin_token() -> str:
 def rebuild():
     """``rebuild(model_dir, kb, out)``: build an index with the indexer (atomically replacing ``out``)."""
     return build
+
+
+@pytest.fixture()
+def live_dir(index_a: Path, tmp_path: Path) -> Path:
+    """A private copy of index 'a' (symlinks kept) that a test may rebuild in place or damage."""
+    import shutil
+
+    return Path(shutil.copytree(index_a, tmp_path / "live", symlinks=True))
+
+
+@pytest.fixture()
+def admin_client(live_dir: Path, admin_token: str):
+    """An app serving ``live_dir`` whose requests carry the admin token."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    with TestClient(create_app(Settings(index_dir=live_dir, admin_token=admin_token, torch_threads=1))) as c:
+        c.headers["Authorization"] = f"Bearer {admin_token}"
+        yield c

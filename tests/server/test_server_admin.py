@@ -13,19 +13,6 @@ from server.app import create_app
 from server.settings import Settings
 
 
-@pytest.fixture()
-def live_dir(index_a: Path, tmp_path: Path) -> Path:
-    """A private copy of index 'a' that a test may rebuild in place."""
-    return Path(shutil.copytree(index_a, tmp_path / "live", symlinks=True))
-
-
-@pytest.fixture()
-def admin_client(live_dir: Path, admin_token: str):
-    with TestClient(create_app(Settings(index_dir=live_dir, admin_token=admin_token, torch_threads=1))) as c:
-        c.headers["Authorization"] = f"Bearer {admin_token}"
-        yield c
-
-
 def _ids(client: TestClient, query: str = "who sang the song", k: int = 10) -> set[str]:
     r = client.post("/search", json={"query": query, "k": k})
     assert r.status_code == 200, r.text

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,23 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer.builds import current_build
+from reliability.tamper import TAMPERING
 from server.app import create_app
 from server.settings import Settings
 
 QUERY = "who sang the song"
-
-
-@pytest.fixture()
-def live_dir(index_a: Path, tmp_path: Path) -> Path:
-    """A private copy of index 'a' that a test may rebuild or damage."""
-    return Path(shutil.copytree(index_a, tmp_path / "live", symlinks=True))
-
-
-@pytest.fixture()
-def admin_client(live_dir: Path, admin_token: str):
-    with TestClient(create_app(Settings(index_dir=live_dir, admin_token=admin_token, torch_threads=1))) as c:
-        c.headers["Authorization"] = f"Bearer {admin_token}"
-        yield c
 
 
 def _hits(client: TestClient, query: str = QUERY, k: int = 10) -> list[dict]:
@@ -130,30 +117,15 @@ def test_a_stalled_body_holds_no_engine_and_a_disconnect_is_not_an_error(admin_c
 # ----------------------------------------------------------------------------- finding 4
 
 
-def _store_edit(sql: list[str]):
-    def edit(path: Path) -> None:
-        conn = sqlite3.connect(path)
-        with conn:
-            for statement in sql:
-                conn.execute(statement)
-        conn.close()
-    return edit
-
-
-STORE_TAMPERING = {
-    "wrong schema": ["ALTER TABLE passages RENAME COLUMN text TO body"],
-    "row replaced": ["DELETE FROM passages WHERE row = 3",
-                     "INSERT INTO passages (row, pid, title, text, hash) VALUES (3, 'evil', 't', 'injected', 'x')"],
-    "row injected": ["DELETE FROM passages WHERE row = 0",
-                     "INSERT INTO passages (row, pid, title, text, hash) VALUES (999, 'evil', 't', 'injected', 'x')"],
-}
+STORE_TAMPERING = {case.removeprefix("store: "): edit for case, (name, edit) in TAMPERING.items()
+                   if name == "passages.sqlite"}
 
 
 @pytest.mark.parametrize("case", sorted(STORE_TAMPERING))
 def test_reload_refuses_a_tampered_store(admin_client: TestClient, live_dir: Path, tmp_path: Path, case: str) -> None:
     before = _hits(admin_client)
     tampered = Path(shutil.copytree(live_dir, tmp_path / "tampered", symlinks=True))
-    _damage(current_build(tampered) / "passages.sqlite", _store_edit(STORE_TAMPERING[case]))
+    STORE_TAMPERING[case](current_build(tampered) / "passages.sqlite")
     r = admin_client.post("/admin/reload", json={"index_dir": str(tampered)})
     assert r.status_code == 422, r.text
     assert r.json()["detail"].startswith("passages.sqlite: ")          # named relative to the build
@@ -165,7 +137,7 @@ def test_reload_refuses_a_tampered_store(admin_client: TestClient, live_dir: Pat
 def test_store_structure_is_checked_even_without_checksums(live_dir: Path, case: str) -> None:
     from indexer import IndexLoadError, SearchIndex
 
-    _damage(current_build(live_dir) / "passages.sqlite", _store_edit(STORE_TAMPERING[case]))
+    STORE_TAMPERING[case](current_build(live_dir) / "passages.sqlite")
     if case == "wrong schema":
         with pytest.raises(IndexLoadError, match="not a passage store of this version"):
             SearchIndex.open(live_dir, verify=False)

@@ -1,0 +1,185 @@
+"""The README's result tables and ``docs/benchmarks.md``, generated from the benchmark JSON in
+``docs/results/`` so a figure in the docs can never drift from the run that produced it.
+
+    python -m bench.docs            # rewrite the generated blocks of README.md and docs/benchmarks.md
+    python -m bench.docs --check    # exit 1 if either is out of date (a test runs this)
+
+A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each one
+ends with the command and the date of the run it shows. To publish a new run, copy its JSON to
+``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``) and run this.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+README = REPO / "README.md"
+BENCHMARKS = REPO / "docs" / "benchmarks.md"
+_BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _run_line(report: dict[str, Any], default_command: str) -> str:
+    command = report.get("command") or default_command
+    when = str(report.get("created_at") or report.get("date") or report.get("started") or "")[:10]
+    return f"Command: `{command}`{f' (run {when})' if when else ''}; JSON: `docs/results/`."
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def settings_table() -> str:
+    """Every ``DPR_*`` setting of the server, from :class:`server.settings.Settings` itself."""
+    from server.settings import Settings
+
+    lines = ["| variable | flag | default | what |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flag = "-" if not extra.get("cli", True) else extra.get("flag") or "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default is None or default == [] else str(default).lower() if isinstance(default, bool) \
+            else str(default)
+        lines.append(f"| `DPR_{name.upper()}` | `{flag}` | {shown} | {field.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def recall_block(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "No recall run published yet.\n"
+    data = report["data"]
+    chosen = report["fusion"]["chosen"]
+    fusion = (f"interp, dense weight {chosen['alpha_dense']:.2f}" if chosen["method"] == "interp" else "RRF")
+    return (f"{data['test_queries']} held-out questions, {data['kb_passages']} passages; values in %, 95% bootstrap "
+            f"interval over queries; hybrid fusion ({fusion}) chosen on the {report['fusion']['n_queries']} "
+            f"training questions only.\n\n{report['table'].strip()}\n\n"
+            + _run_line(report, "dpr bench recall") + "\n")
+
+
+def _speed_latency(report: dict[str, Any]) -> list[str]:
+    lat = report.get("latency") or {}
+    rows = lat.get("rows", lat) if isinstance(lat, dict) else lat
+    if not rows:
+        return []
+    out = ["| index | vectors | p50 ms | p95 ms | encode p50 | search p50 | fetch p50 |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        server = r.get("server_ms", {})
+        out.append(f"| {r.get('index')} ({r.get('index_type')}) | {r.get('count')} | {r['client_ms']['p50']} | "
+                   f"{r['client_ms']['p95']} | {server.get('encode', {}).get('p50', '-')} | "
+                   f"{server.get('search', {}).get('p50', '-')} | {server.get('fetch', {}).get('p50', '-')} |")
+    return out
+
+
+def _speed_throughput(report: dict[str, Any]) -> list[str]:
+    t = report.get("throughput") or {}
+    rows = t.get("rows", t) if isinstance(t, dict) else t
+    if not rows:
+        return []
+    out = ["| micro-batching | concurrency | q/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {'on' if r.get('microbatch') else 'off'} | {r['concurrency']} | {r['qps']} | {r['p50_ms']} | "
+                   f"{r['p99_ms']} | {r['failed']} |")
+    return out
+
+
+def speed_block(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "No speed run published yet.\n"
+    parts = []
+    latency = _speed_latency(report)
+    if latency:
+        lat = report["latency"]
+        runtime = " ".join(report.get("options", {}).get("serve_args") or []) or "default runtime (torch)"
+        parts.append(f"HTTP latency, one query at a time, k={lat.get('k', 10) if isinstance(lat, dict) else 10}, "
+                     f"dense, query cache off, {runtime}:\n\n" + "\n".join(latency))
+    throughput = _speed_throughput(report)
+    if throughput:
+        parts.append("Throughput over loopback:\n\n" + "\n".join(throughput))
+    machine = report.get("machine") or {}
+    parts.append(f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; load average at start "
+                 f"{machine.get('load_avg_at_start')}. " + _run_line(report, "dpr bench speed"))
+    return "\n\n".join(parts) + "\n"
+
+
+def reliability_block(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "No reliability run published yet.\n"
+    from reliability.report import summary_row
+
+    lines = ["| check | inputs tried | 5xx | server crashes | server RSS MB | result |", "|---|---|---|---|---|---|"]
+    for name, result in report["results"].items():
+        row = result.get("summary") or summary_row(name, result)
+        cells = ["-" if row[k] is None else str(row[k]) for k in ("tried", "5xx", "server_crashes", "rss_mb")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {'ok' if row['ok'] else 'FAIL'} |")
+    command = "make reliability (= dpr bench reliability)"
+    return "\n".join(lines) + "\n\n" + _run_line({**report, "command": command}, command) + "\n"
+
+
+def reliability_details(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return ""
+    from reliability.checks import Report
+    from reliability.report import headline
+
+    r = Report(options=report["options"], started=report["started"], results=report["results"])
+    return "```\n" + "\n".join(headline(name, result) for name, result in r.results.items()) + "\n```\n"
+
+
+def speed_details(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return ""
+    from bench.speed_report import markdown
+
+    return markdown(report).replace("## dpr bench speed", "### Full report of the run", 1)
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "settings": settings_table,
+    "recall": lambda: recall_block(_load("recall")),
+    "speed": lambda: speed_block(_load("speed")),
+    "reliability": lambda: reliability_block(_load("reliability")),
+    "reliability-details": lambda: reliability_details(_load("reliability")),
+    "speed-details": lambda: speed_details(_load("speed")),
+}
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block replaced by its current content."""
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name not in BLOCKS:
+            raise ValueError(f"unknown generated block {name!r}")
+        return match.group(1) + BLOCKS[name]() + match.group(4)
+    return _BLOCK.sub(replace, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.docs", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if a file is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in (README, BENCHMARKS):
+        text = path.read_text(encoding="utf-8")
+        fresh = render(text)
+        if fresh != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(fresh, encoding="utf-8")
+    if args.check and stale:
+        print("out of date (run `python -m bench.docs`): " + ", ".join(str(p.relative_to(REPO)) for p in stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
