@@ -39,6 +39,14 @@ def _run_line(report: dict[str, Any], default_command: str) -> str:
 # ----------------------------------------------------------------------------- blocks
 
 
+def _short(text: str) -> str:
+    """A description's first clause (the full text is in ``dpr serve --help``)."""
+    for stop in (" (", "; ", ": "):
+        if stop in text:
+            text = text.split(stop, 1)[0]
+    return text
+
+
 def settings_table() -> str:
     """Every ``DPR_*`` setting of the server, from :class:`server.settings.Settings` itself."""
     from server.settings import Settings
@@ -50,7 +58,7 @@ def settings_table() -> str:
         default = field.get_default(call_default_factory=True)
         shown = "none" if default is None or default == [] else str(default).lower() if isinstance(default, bool) \
             else str(default)
-        lines.append(f"| `DPR_{name.upper()}` | `{flag}` | {shown} | {field.description or ''} |")
+        lines.append(f"| `DPR_{name.upper()}` | `{flag}` | {shown} | {_short(field.description or '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -66,49 +74,33 @@ def recall_block(report: dict[str, Any] | None) -> str:
             + _run_line(report, "dpr bench recall") + "\n")
 
 
-def _speed_latency(report: dict[str, Any]) -> list[str]:
+def _latency_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     lat = report.get("latency") or {}
-    rows = lat.get("rows", lat) if isinstance(lat, dict) else lat
-    if not rows:
-        return []
-    out = ["| index | vectors | p50 ms | p95 ms | encode p50 | search p50 | fetch p50 |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        server = r.get("server_ms", {})
-        out.append(f"| {r.get('index')} ({r.get('index_type')}) | {r.get('count')} | {r['client_ms']['p50']} | "
-                   f"{r['client_ms']['p95']} | {server.get('encode', {}).get('p50', '-')} | "
-                   f"{server.get('search', {}).get('p50', '-')} | {server.get('fetch', {}).get('p50', '-')} |")
-    return out
+    return list(lat.get("rows", []) if isinstance(lat, dict) else lat)
 
 
-def _speed_throughput(report: dict[str, Any]) -> list[str]:
+def _throughput_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     t = report.get("throughput") or {}
-    rows = t.get("rows", t) if isinstance(t, dict) else t
-    if not rows:
-        return []
-    out = ["| micro-batching | concurrency | q/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {'on' if r.get('microbatch') else 'off'} | {r['concurrency']} | {r['qps']} | {r['p50_ms']} | "
-                   f"{r['p99_ms']} | {r['failed']} |")
-    return out
+    return list(t.get("rows", []) if isinstance(t, dict) else t)
 
 
 def speed_block(report: dict[str, Any] | None) -> str:
+    """The README's short form: client latency per index, and q/s with micro-batching."""
     if report is None:
         return "No speed run published yet.\n"
-    parts = []
-    latency = _speed_latency(report)
-    if latency:
-        lat = report["latency"]
-        runtime = " ".join(report.get("options", {}).get("serve_args") or []) or "default runtime (torch)"
-        parts.append(f"HTTP latency, one query at a time, k={lat.get('k', 10) if isinstance(lat, dict) else 10}, "
-                     f"dense, query cache off, {runtime}:\n\n" + "\n".join(latency))
-    throughput = _speed_throughput(report)
-    if throughput:
-        parts.append("Throughput over loopback:\n\n" + "\n".join(throughput))
+    lines = ["| measure | figure |", "|---|---|"]
+    for r in _latency_rows(report):
+        lines.append(f"| HTTP p50 / p95, one query at a time, {r.get('index')} ({r.get('index_type')}, "
+                     f"{r.get('count')} vectors) | {r['client_ms']['p50']} / {r['client_ms']['p95']} ms |")
+    for r in _throughput_rows(report):
+        if r.get("microbatch"):
+            lines.append(f"| queries/s at concurrency {r['concurrency']} (micro-batching, {r['failed']} failed) | "
+                         f"{r['qps']} |")
     machine = report.get("machine") or {}
-    parts.append(f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; load average at start "
-                 f"{machine.get('load_avg_at_start')}. " + _run_line(report, "dpr bench speed"))
-    return "\n\n".join(parts) + "\n"
+    runtime = " ".join(report.get("options", {}).get("serve_args") or []) or "torch runtime"
+    return ("\n".join(lines) + f"\n\nk=10, dense, query cache off, {runtime}; {machine.get('cores', '?')}-core "
+            f"{machine.get('cpu', '?')}, load average {machine.get('load_avg_at_start')} at the start. "
+            + _run_line(report, "dpr bench speed") + "\n")
 
 
 def reliability_block(report: dict[str, Any] | None) -> str:

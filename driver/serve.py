@@ -21,6 +21,23 @@ class _DropLifespanTraceback(logging.Filter):
         return not str(record.msg).startswith("Traceback (most recent call last)")
 
 
+def _announcing_server_class() -> type:
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        """Prints where the page and the API docs are once the server listens (its real port, also for 0)."""
+
+        async def startup(self, sockets=None) -> None:  # noqa: ANN001 - uvicorn's signature
+            await super().startup(sockets)
+            if self.started and self.servers:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+                print(f"dpr serve: ready on http://{shown}:{port}/  (search page)   http://{shown}:{port}/docs  "
+                      "(API)", flush=True)
+
+    return AnnouncingServer
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -41,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                             timeout_keep_alive=settings.keep_alive_s, loop=settings.event_loop,
                             http=guarded_protocol(settings.header_timeout_s, settings.body_timeout_s,
                                                   settings.max_connections, on_reject=app.state.metrics.reject))
-    server = uvicorn.Server(config)
+    server = _announcing_server_class()(config)
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not args.verbose and not any(isinstance(f, _DropLifespanTraceback) for f in uvicorn_log.filters):
         uvicorn_log.addFilter(_DropLifespanTraceback())

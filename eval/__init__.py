@@ -1,15 +1,12 @@
-"""Retrieval evaluation: metrics as pure functions, and the tools that run them.
+"""The evaluation library: data sets, runs, metrics with confidence intervals, and ``dpr eval``.
 
-- :mod:`common.metrics`, :mod:`common.answers`: Recall@k, all-relevant recall, MRR@k, nDCG@k, answer match;
-- :mod:`eval.bootstrap`: 95% confidence intervals over queries;
-- :mod:`common.fusion`: reciprocal rank fusion and score interpolation of a dense and a BM25 ranking
-  (re-exported from :mod:`common.fusion`, which the indexer and server use too);
-- :mod:`eval.evalset`, :mod:`eval.retrieve`, :mod:`eval.client`: data sets and runs (model, index,
-  BM25, server);
-- :mod:`eval.evaluate`, :mod:`eval.runner`, :mod:`eval.report`: metrics with CIs, the table and the
-  JSON report behind ``dpr eval``;
-- :mod:`bench.recall` (with :mod:`bench.recall_data`, :mod:`bench.plot`): the recall benchmark
-  behind ``dpr bench recall``.
+- :mod:`eval.evalset`: queries, graded qrels and answers from an nq_oracle file or a BEIR folder;
+- :mod:`eval.retrieve`, :mod:`eval.client`: runs from a model, an index (dense, its BM25, its hybrid),
+  BM25 over a knowledge base, or a running server;
+- :mod:`eval.evaluate`, :mod:`eval.bootstrap`: the metrics of :mod:`common.metrics` with bootstrap
+  intervals over queries, and paired tests between systems (:mod:`eval.compare`);
+- :mod:`eval.runner`, :mod:`eval.report`, :mod:`eval.trec`: one evaluation from options to its JSON
+  report, TREC run and qrels files.
 
-Nothing heavy is imported here: ``import common.metrics`` does not load torch.
+Nothing heavy is imported here.
 """

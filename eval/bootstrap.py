@@ -57,3 +57,23 @@ def paired_bootstrap_diff(a: Mapping[str, float], b: Mapping[str, float], n_resa
         raise ValueError(f"paired bootstrap needs the same queries on both sides "
                          f"({len(set(a) ^ set(b))} differ)")
     return bootstrap_ci({q: a[q] - b[q] for q in a}, n_resamples, seed, confidence)
+
+
+def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], n_resamples: int = 10_000,
+                              seed: int = DEFAULT_SEED) -> float:
+    """Two-sided p-value that systems ``a`` and ``b`` (per-query values, same queries) have the same
+    mean: each query's difference keeps or flips its sign at random (Fisher's randomisation test, as
+    in Smucker et al. 2007); p is the share of those means at least as far from 0 as the observed one.
+    The observed assignment is counted, so p is never 0."""
+    if set(a) != set(b):
+        raise ValueError(f"a paired test needs the same queries on both sides ({len(set(a) ^ set(b))} differ)")
+    diffs = np.array([a[q] - b[q] for q in sorted(a)], dtype=np.float64)
+    if not len(diffs):
+        raise ValueError("no queries to compare")
+    observed = abs(diffs.mean())
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, len(diffs)))
+    means = np.abs((signs * diffs).mean(axis=1))
+    # A tolerance so float noise in equal sums does not decide a tie.
+    extreme = int(np.count_nonzero(means >= observed - 1e-12))
+    return (extreme + 1) / (n_resamples + 1)

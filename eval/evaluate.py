@@ -34,10 +34,13 @@ def per_query_metrics(qrels: metrics.Qrels, run: metrics.Run, ks: Sequence[int] 
 def evaluate_run(qrels: metrics.Qrels, run: metrics.Run, ks: Sequence[int] = DEFAULT_KS,
                  answers: Mapping[str, Sequence[str]] | None = None,
                  texts: Mapping[str, Sequence[str]] | None = None,
-                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+                 n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                 keep_per_query: bool = False) -> dict[str, Any]:
     """``{"n_queries", "metrics": {name: {"value", "ci_low", "ci_high", "n"}}}`` (fractions in [0, 1]).
 
     ``n_queries`` counts queries with a relevant passage; a query missing from ``run`` scores 0.
+    ``keep_per_query`` adds ``"per_query": {name: {qid: value}}`` for the ranking metrics (not answer
+    match), what a paired test between two reports needs (``dpr eval compare``).
     """
     per_query = per_query_metrics(qrels, run, ks, answers, texts)
     n_queries = len(per_query[f"recall@{ks[0]}"])
@@ -47,7 +50,11 @@ def evaluate_run(qrels: metrics.Qrels, run: metrics.Run, ks: Sequence[int] = DEF
     for name, values in per_query.items():
         mean, low, high = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
         results[name] = {"value": mean, "ci_low": low, "ci_high": high, "n": len(values)}
-    return {"n_queries": n_queries, "metrics": results}
+    out: dict[str, Any] = {"n_queries": n_queries, "metrics": results}
+    if keep_per_query:
+        out["per_query"] = {name: {q: round(float(v), 6) for q, v in values.items()}
+                            for name, values in per_query.items() if not name.startswith("answer_")}
+    return out
 
 
 def _cell(result: Mapping[str, float] | None) -> str:

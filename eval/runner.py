@@ -190,8 +190,13 @@ def retrieve_systems(options: EvalOptions, evalset: EvalSet,
     return runs
 
 
-def run_evaluation(options: EvalOptions, command: str | None = None) -> dict[str, Any]:
-    """Evaluate every requested system; the returned report is JSON-able and holds the table."""
+def run_evaluation(options: EvalOptions, command: str | None = None, run_out: Path | None = None,
+                   qrels_out: Path | None = None) -> dict[str, Any]:
+    """Evaluate every requested system; the returned report is JSON-able and holds the table.
+
+    ``run_out``: also write each system's run as a TREC run file (:func:`eval.trec.run_paths`);
+    ``qrels_out``: the qrels as a TREC qrels file.
+    """
     started = time.perf_counter()
     evalset = load_eval_set(options.data, options.split)
     report: dict[str, Any] = {
@@ -218,11 +223,23 @@ def run_evaluation(options: EvalOptions, command: str | None = None) -> dict[str
     for name, retrieval, info in runs:
         result = evaluate_run(evalset.qrels, retrieval.run, options.ks,
                               answers=evalset.answers if evalset.has_answers else None,
-                              texts=retrieval.texts or None, n_resamples=options.n_resamples, seed=options.seed)
+                              texts=retrieval.texts or None, n_resamples=options.n_resamples, seed=options.seed,
+                              keep_per_query=True)
         systems.append({"name": name, **info, "timing": describe_retrieval(retrieval), **result})
         rows.append((name, result))
     multi = any(sum(g > 0 for g in judged.values()) > 1 for judged in evalset.qrels.values())
     report["systems"] = systems
+    if run_out is not None:
+        from eval.trec import run_paths, write_run
+
+        paths = run_paths(run_out, [name for name, _, _ in runs])
+        for name, retrieval, _ in runs:
+            write_run(paths[name], retrieval.run, retrieval.scores, tag=name)
+        report["trec_runs"] = {name: str(path) for name, path in paths.items()}
+    if qrels_out is not None:
+        from eval.trec import write_qrels
+
+        report["trec_qrels"] = str(write_qrels(qrels_out, evalset.qrels))
     report["table"] = format_table(rows, table_metrics(rows, multi_relevant=multi))
     report["environment"] = library_versions()
     report["wall_seconds"] = round(time.perf_counter() - started, 3)

@@ -24,6 +24,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from common.data import Passage
 from common.files import atomic_dir, read_json, write_json
 from retriever.config import EncoderConfig
+from retriever.st_format import is_st_dir, st_encoder_settings, write_st_files
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +119,21 @@ class DualEncoder(nn.Module):
         if self.quantization != "none" or self.runtime != "torch":
             raise ValueError(f"this encoder is inference-only (runtime={self.runtime}, quantize={self.quantization}); "
                              "save the fp32 torch model")
+        c = self.config
+        st = dict(dim=self.dim, pooling=c.pooling, normalize=c.normalize, similarity=c.similarity)
         with atomic_dir(path) as tmp:
             self.query_model.save_pretrained(tmp / QUERY_DIR, safe_serialization=True)
             if self.passage_model is not None:
                 self.passage_model.save_pretrained(tmp / PASSAGE_DIR, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / CONFIG_FILE, {**self.describe(), **(extra or {})})
+            # Each tower also in sentence-transformers' format (retriever/st_format.py): the query tower
+            # in query_encoder/, the passage tower in passage_encoder/, or the root when they are tied.
+            write_st_files(tmp / QUERY_DIR, max_length=c.query_max_length, tokenizer_from=tmp, **st)
+            if self.passage_model is not None:
+                write_st_files(tmp / PASSAGE_DIR, max_length=c.passage_max_length, tokenizer_from=tmp, **st)
+            else:
+                write_st_files(tmp, max_length=c.passage_max_length, weights_from=tmp / QUERY_DIR, **st)
         logger.info("saved dual encoder to %s", path)
 
     def describe(self) -> dict[str, Any]:
@@ -303,6 +313,9 @@ def load_encoder(name_or_dir: str | Path, **config_overrides: Any) -> DualEncode
         return DualEncoder.load(path)
     if path.exists() and not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: neither a saved dual encoder ({CONFIG_FILE}) nor a transformers checkpoint")
+    if path.is_dir() and is_st_dir(path):
+        # A sentence-transformers directory says how it pools, normalises and truncates; flags still win.
+        config_overrides = {**st_encoder_settings(path), **config_overrides}
     return DualEncoder.from_base(EncoderConfig(base_model=str(name_or_dir), **config_overrides))
 
 

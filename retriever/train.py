@@ -45,7 +45,6 @@ from retriever.distributed import DistContext, all_gather_object, barrier, broad
 from retriever.encoder import model_ref
 from retriever.train_config import RESUME_FREE_FIELDS, TRAIN_CONFIG_FILE, TRAIN_LOG_FILE, TrainConfig
 from retriever.train_setup import (
-    TrainData,
     build_model,
     build_optimizer,
     check_file_negatives,
@@ -53,8 +52,6 @@ from retriever.train_setup import (
     linear_schedule,
     load_data,
     needs_mining,
-    pick_val_split,
-    resolve_device,
     seed_everything,
 )
 from retriever.train_step import train_step, wrap_towers
@@ -62,12 +59,9 @@ from retriever.validation import evaluate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainData", "TrainResult", "build_model", "build_optimizer", "linear_schedule", "load_data",
-           "pick_val_split", "resolve_device", "resume", "train", "train_step"]
+__all__ = ["Trainer", "TrainResult", "resume", "resume_config", "train"]
 
 TIE_BREAK = "mrr@10"
-# May change between a run and its resume: they change where/how fast, not what is computed
-# (gradient caching changes dropout masks, so a resumed run with another chunk is not bit-identical).
 
 
 @dataclass(frozen=True)
@@ -394,6 +388,6 @@ if __name__ == "__main__":
     # `torchrun --nproc_per_node N -m retriever.train ...` takes the same options as `dpr train`.
     import sys
 
-    from driver.main import main
+    from retriever.train_cli import main
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main())

@@ -48,9 +48,10 @@ class _Item:
     engine: Engine
     query: str
     k: int
-    mode: str
+    mode: str                  # a search mode, or "embed-query" / "embed-passage" (``texts`` then)
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    texts: tuple[str, ...] = ()
 
 
 class BatcherClosed(RuntimeError):
@@ -107,14 +108,22 @@ class MicroBatcher:
     async def search(self, engine: Engine, query: str, k: int, mode: str) -> tuple[Hits, dict[str, float]]:
         """Hits for one query, and its timings (``queue_ms``, ``encode_ms``, ``search_ms``, ``fetch_ms``,
         ``batch``: how many requests shared the batch; encode/search/fetch are the batch's)."""
+        return await self._submit(_Item(engine, query, k, mode, asyncio.get_running_loop().create_future()))
+
+    async def embed(self, engine: Engine, texts: list[str], kind: str) -> tuple[tuple[np.ndarray, list[int]], dict]:
+        """``(vectors [n, d], token counts)`` for ``texts`` as ``kind`` (query or passage), batched with
+        the other requests' texts of the same kind; and the timings."""
+        return await self._submit(_Item(engine, "", 0, f"embed-{kind}", asyncio.get_running_loop().create_future(),
+                                        texts=tuple(texts)))
+
+    async def _submit(self, item: _Item) -> Any:
         if self._queue is None or self._collector is None:
             raise BatcherClosed("the micro-batcher is not running")
-        future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Item(engine, query, k, mode, future))
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
             raise Overloaded(self.max_queue) from None
-        return await future
+        return await item.future
 
     # ------------------------------------------------------------------ the collector
 
@@ -186,6 +195,12 @@ class MicroBatcher:
 
     def _run_engine(self, items: list[_Item], positions: list[int], out: list[Any]) -> None:
         engine = items[positions[0]].engine
+        embeds = [i for i in positions if items[i].mode.startswith("embed-")]
+        if embeds:
+            self._run_embeds(engine, items, embeds, out)
+            positions = [i for i in positions if i not in set(embeds)]
+            if not positions:
+                return
         dense = [i for i in positions if items[i].mode != "bm25"]
         embeddings: dict[int, np.ndarray] = {}
         encode_ms = 0.0
@@ -217,6 +232,30 @@ class MicroBatcher:
                                    len(members), exc_info=True)
             for i in members:
                 out[i] = self._alone(engine, items[i])
+
+    def _run_embeds(self, engine: Engine, items: list[_Item], positions: list[int], out: list[Any]) -> None:
+        for kind in ("query", "passage"):
+            members = [i for i in positions if items[i].mode == f"embed-{kind}"]
+            if not members:
+                continue
+            start = time.perf_counter()
+            try:
+                vectors, tokens = engine.embed([t for i in members for t in items[i].texts], kind)
+            except Exception:                                              # noqa: BLE001 - retried one by one
+                logger.warning("batched embedding of %d requests failed; retrying them one by one", len(members),
+                               exc_info=True)
+                for i in members:
+                    try:
+                        out[i] = (engine.embed(list(items[i].texts), kind), {"batch": 1.0})
+                    except Exception as e:                                 # noqa: BLE001 - this request's error
+                        out[i] = e
+                continue
+            timings = {"encode_ms": 1000 * (time.perf_counter() - start), "batch": float(len(members))}
+            at = 0
+            for i in members:
+                n = len(items[i].texts)
+                out[i] = ((vectors[at:at + n], tokens[at:at + n]), dict(timings))
+                at += n
 
     def _alone(self, engine: Engine, item: _Item) -> tuple[Hits, dict[str, float]] | BaseException:
         try:

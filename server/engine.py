@@ -113,6 +113,23 @@ class Engine:
                 out[todo[text]] = vec
         return out
 
+    def embed(self, texts: Sequence[str], kind: str = "query") -> tuple[np.ndarray, list[int]]:
+        """Vectors float32 [n, d] of ``texts`` as queries (through the cache) or as passages (an empty
+        title), and each text's token count after truncation (for ``usage``)."""
+        texts = list(texts)
+        if kind == "query":
+            vectors, max_length = self.encode(texts), self.encoder.config.query_max_length
+        elif kind == "passage":
+            passages = [Passage(pid="", title="", text=t) for t in texts]
+            with self._tokenizer_lock, torch.inference_mode():
+                vectors = self.encoder.encode_passages(passages)
+            max_length = self.encoder.config.passage_max_length
+        else:
+            raise ValueError(f"kind must be query or passage, got {kind!r}")
+        with self._tokenizer_lock:
+            ids = self.encoder.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return np.asarray(vectors, dtype=np.float32), [len(x) for x in ids]
+
     def _embed(self, texts: list[str]) -> np.ndarray:
         with self._tokenizer_lock:
             inputs = self.encoder.tokenize_queries(texts)

@@ -36,15 +36,15 @@ class Settings(BaseSettings):
     runtime: Runtime = Field("torch", description="run the query encoder on torch or ONNX Runtime (fused layers, "
                              "far less per-call overhead than torch eager for one short query; same vectors in fp32)",
                              json_schema_extra=_group("query encoding"))
-    quantize: Quantize = Field("none", description="int8: queries encoded by a dynamically quantised encoder "
-                               "(faster on CPU, same weights; an index embedded at another precision is served "
-                               "with a warning)", json_schema_extra=_group("query encoding"))
+    quantize: Quantize = Field("none", description="int8 encodes queries with dynamically quantised linear "
+                               "layers (faster on CPU, same weights; an index embedded at another precision is "
+                               "served with a warning)", json_schema_extra=_group("query encoding"))
     encode_cache_size: int = Field(1024, ge=0, description="query embeddings kept per loaded model (LRU); 0 turns "
                                    "the cache off", json_schema_extra=_group("query encoding"))
     # One intra-op thread per request: a short query gains little from splitting its matmuls, and when
     # the cores are busy torch's spinning thread pool turns a fast encode into a slow one (measured on
     # a loaded 2-core box: p50 39 ms with 1 thread, 285 ms with 2).
-    torch_threads: int = Field(1, ge=1, description="intra-op torch (and FAISS) threads per search",
+    torch_threads: int = Field(1, ge=1, description="torch and FAISS threads per search",
                                json_schema_extra=_group("query encoding"))
     # One uvicorn worker process: the model is loaded once and all requests share one micro-batching
     # queue; the cores are used by these worker threads, not by more processes.
@@ -78,11 +78,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address", json_schema_extra=_group("HTTP"))
     port: int = Field(8000, ge=0, le=65535, description="port", json_schema_extra=_group("HTTP"))
     max_body_bytes: int = Field(65536, ge=256, description="largest request body", json_schema_extra=_group("HTTP"))
-    header_timeout_s: float = Field(10.0, gt=0, le=3600, description="seconds from connect (or a kept-alive "
-                                    "request's first byte) to the end of the headers; slower clients get 408 and "
+    header_timeout_s: float = Field(10.0, gt=0, le=3600, description="seconds a client has to send its headers, "
+                                    "from connect or a kept-alive request's first byte; slower clients get 408 and "
                                     "are dropped", json_schema_extra=_group("HTTP"))
-    body_timeout_s: float = Field(10.0, gt=0, le=3600, description="seconds from the end of the headers to the "
-                                  "end of the body, however slowly it drips", json_schema_extra=_group("HTTP"))
+    body_timeout_s: float = Field(10.0, gt=0, le=3600, description="seconds a client has to send its body after the "
+                                  "headers, however slowly it drips", json_schema_extra=_group("HTTP"))
     max_connections: int = Field(1024, ge=1, description="open connections; one more is answered 503 and closed",
                                  json_schema_extra=_group("HTTP"))
     # uvicorn's 5 s default races clients that reuse an idle pooled connection as the server drops it (a

@@ -9,8 +9,9 @@ import torch
 
 from common.data import DataError, load_examples
 from retriever.encoder import DualEncoder, load_encoder
-from retriever.train import build_optimizer, linear_schedule, load_data, pick_val_split, train
+from retriever.train import train
 from retriever.train_config import TRAIN_CONFIG_FILE, TRAIN_LOG_FILE, TrainConfig
+from retriever.train_setup import build_optimizer, linear_schedule, load_data, pick_val_split
 
 
 def _config(tiny_base: Path, small_nq: tuple[Path, Path], out: Path, **kw) -> TrainConfig:

@@ -21,8 +21,9 @@ from retriever.checkpoint import (
     unflatten_state_dict,
 )
 from retriever.distributed import DistContext
-from retriever.train import Trainer, build_optimizer, resume, train
+from retriever.train import Trainer, resume, train
 from retriever.train_config import TRAIN_LOG_FILE, TrainConfig
+from retriever.train_setup import build_optimizer
 
 
 class Crash(RuntimeError):

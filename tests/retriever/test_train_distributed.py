@@ -31,7 +31,7 @@ WORKER = textwrap.dedent('''
     from common.data import corpus_from_examples, load_examples
     from retriever.distributed import setup, teardown
     from retriever.encoder import load_encoder
-    from retriever.train import build_optimizer, linear_schedule
+    from retriever.train_setup import build_optimizer, linear_schedule
     from retriever.train_step import train_step, wrap_towers
 
     def main(tiny, train_file, out):
