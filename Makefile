@@ -8,7 +8,7 @@ DATA ?= data/nq_oracle
 HOST ?= 127.0.0.1
 PORT ?= 8000
 EPOCHS ?= 1
-# Query encoding on ONNX Runtime: same vectors as torch, ~2x lower latency (README "Speed benchmark").
+# Query encoding on ONNX Runtime: same vectors as torch, lower latency (docs/history.md "Speed benchmark").
 RUNTIME ?= onnx
 
 .PHONY: run test venv train index serve clean reliability

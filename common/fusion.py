@@ -27,7 +27,7 @@ class FusionConfig:
 
     The defaults were measured by ``dpr bench recall`` on nq_oracle, choosing on the 500 training
     questions only: interpolation beat RRF (R@5 100.0 vs 96.4) and a dense weight of 0.8 had the
-    best R@5, then MRR@10 (README "Recall benchmark").
+    best R@5, then MRR@10 (`dpr bench recall`; README "Results").
     """
 
     method: FusionMethod = "interp"

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: object = ()) -> None:
                         help="embed with an int8 dynamically quantised encoder (faster on CPU; recorded in the manifest)")
     parser.add_argument("--runtime", choices=RUNTIMES, default=RUNTIMES[0],
                         help="run the encoder on torch or ONNX Runtime (fused layers; with --quantize int8 the "
-                             "fastest CPU path, README 'Speed benchmark')")
+                             "fastest CPU path, docs/history.md 'Speed benchmark')")
     parser.add_argument("--no-bm25", action="store_true",
                         help="do not build the BM25 index beside the dense one (bm25/hybrid search then unavailable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

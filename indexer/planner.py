@@ -1,7 +1,7 @@
 """The index planner behind ``dpr index plan``: which index type fits a corpus, a RAM budget and a recall target.
 
 Memory comes from the index layouts (exact formulas; the HNSW graph overhead is the measured one).
-Recall, latency and build time come from ``planner_table.json``, written by ``eval/bench_ann.py`` on
+Recall, latency and build time come from ``planner_table.json``, written by ``bench/ann.py`` (``dpr bench ann``) on
 this project's machine (1M synthetic 384-d vectors and the nq_oracle KB): at the measured size and dim
 they are *measured*; anywhere else they are *extrapolated* (latency and build time scaled by the work
 each index does; recall assumed to carry over, which holds best for the same dims per PQ sub-quantizer

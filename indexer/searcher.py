@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # Flat search of this many queries or more runs as one torch matmul + topk: at 32 queries x 1M x 384 it
 # was ~4x faster than IndexFlatIP with one thread, while for a single query FAISS's scan wins
-# (eval/bench_ann.py measures both; see the README's ANN table).
+# (bench/ann.py measures both; see the ANN table in docs/indexes.md).
 TORCH_FLAT_FROM = 8
 
 

@@ -89,21 +89,25 @@ class FileVectors:
         return np.frombuffer(data, dtype=_F32).reshape(n, self.dim)
 
     def rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Vectors at ``rows`` (any order, repeats allowed), float32 [len(rows), dim]."""
+        """Vectors at ``rows`` (any order, repeats allowed), float32 [len(rows), dim].
+
+        One ``preadv`` per row straight into the output array, in file order: 300 rows (IVF-PQ's
+        re-scoring of k=10 at factor 30) take ~0.5 ms from the page cache, against ~0.1 ms through a
+        memory map; the difference buys a 503 instead of a SIGBUS when the file is cut short.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         if not len(rows):
             return out
         if rows.min() < 0 or rows.max() >= self.count:
             raise IndexError(f"{self.path}: row out of range 0..{self.count - 1}")
+        if self._fd is None:
+            raise RuntimeError(f"{self.path}: closed")
+        view, size, fd, preadv = memoryview(out).cast("B"), self._row_bytes, self._fd, os.preadv
         order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
-        # One read per run of consecutive rows (sorted, so neighbours in the file are read together).
-        breaks = np.flatnonzero(np.diff(ordered) > 1) + 1
-        for run in np.split(np.arange(len(ordered)), breaks):
-            first, last = int(ordered[run[0]]), int(ordered[run[-1]])
-            block = self._read(first, last - first + 1)
-            out[order[run]] = block[ordered[run] - first]
+        for j, offset in zip(order.tolist(), (rows[order] * size + self._offset).tolist()):
+            if preadv(fd, [view[j * size:(j + 1) * size]], offset) != size:
+                raise IndexLoadError(f"{self.path}: short read at row {rows[j]} (file truncated while serving?)")
         return out
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:

@@ -44,5 +44,5 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 
 def json_response(payload: object, status: int = 200) -> Response:
     # orjson straight to bytes: ~10x faster than FastAPI's jsonable_encoder + json.dumps for a
-    # k=100 answer (numbers in the report / server/bench_json.py).
+    # k=100 answer (`dpr bench json`).
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")

@@ -71,3 +71,16 @@ def test_embeddings_are_micro_batched_with_concurrent_requests(app_client) -> No
         np.testing.assert_allclose(vectors, engine.encode([f"question {i}", f"other {i}"]), atol=1e-6)
         assert len(tokens) == 2 and timings["batch"] >= 1
     assert batcher.batches - before <= 3
+
+
+def test_langchains_openai_embeddings_class_works_against_the_server(app_client) -> None:
+    """LangChain's OpenAIEmbeddings (langchain-openai), pointed at the app. Its default token-length
+    check downloads a tiktoken vocabulary, so it is turned off: the server truncates itself."""
+    langchain_openai = pytest.importorskip("langchain_openai", reason="pip install '.[test]' (langchain-openai)")
+    engine = app_client.app.state.holder.current
+    embeddings = langchain_openai.OpenAIEmbeddings(model="dpr", base_url="http://testserver/v1", api_key="unused",
+                                                   http_client=app_client, check_embedding_ctx_length=False)
+    np.testing.assert_allclose(embeddings.embed_query("who sang the song"), engine.encode(["who sang the song"])[0],
+                               atol=1e-6)
+    docs = embeddings.embed_documents(["who sang the song", "where is the river"])
+    assert len(docs) == 2 and len(docs[0]) == engine.index.dim
