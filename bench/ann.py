@@ -131,12 +131,15 @@ def _flat_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, reps: int,
 
 
 def run_suite(x: np.ndarray, q: np.ndarray, label: str, cache: Path | None, nlist: int, pq_ms: tuple[int, ...],
-              nprobes: tuple[int, ...], hnsw: tuple[int, int] | None, ef_searches: tuple[int, ...],
+              nprobes: tuple[int, ...], hnsw: list[tuple[int, int]] | tuple[int, int] | None,
+              ef_searches: tuple[int, ...],
               opq: bool, train_sample: int, reps: int, emit: Callable[[dict[str, Any]], None],
-              flat: bool = True, depths: tuple[int, ...] = (4 * K, 10 * K)) -> None:
+              flat: bool = True, depths: tuple[int, ...] = (4 * K, 10 * K), ivf: bool = True) -> None:
     """All index types over ``x`` (float32 unit-norm [n, d]); queries ``q``; one search thread.
 
-    Each result row goes to ``emit`` as soon as it is measured, so a long run saves what it has.
+    ``hnsw``: one (M, efConstruction) or a list of them, each built once and searched at every
+    efSearch. ``ivf=False`` skips IVF-Flat and IVF-PQ. Each result row goes to ``emit`` as soon as it
+    is measured, so a long run saves what it has.
     """
     from indexer.config import IndexConfig
     from indexer.faiss_index import create_index
@@ -156,6 +159,36 @@ def run_suite(x: np.ndarray, q: np.ndarray, label: str, cache: Path | None, nlis
     if flat:
         _flat_rows(x, q, truth, reps, emit)
 
+    if ivf:
+        _ivf_rows(x, q, truth, label, cache, nlist, pq_ms, nprobes, opq, train_sample, reps, emit, depths,
+                  build_mode, search_mode)
+    # --- hnsw
+    settings = [hnsw] if isinstance(hnsw, tuple) else list(hnsw or [])
+    for m, efc in settings:
+        build_mode()
+        index, secs, cached = _cached_build(cache, f"{label}-hnsw{m}-efc{efc}",
+                                            lambda: create_index(x, IndexConfig("hnsw", hnsw_m=m,
+                                                                                hnsw_ef_construction=efc)))
+        search_mode()
+        for ef in ef_searches:
+            p = faiss.SearchParametersHNSW(efSearch=max(ef, K))
+            fn = lambda qq, p=p, index=index: index.search(qq, K, params=p)[1]                # noqa: E731
+            emit(_row("hnsw", {"M": m, "efConstruction": efc, "efSearch": ef}, n, recall_at(fn(q), truth),
+                             _index_bytes(index), secs, fn, q, reps, 20, cached))
+        del index
+
+    build_mode()
+
+
+def _ivf_rows(x: np.ndarray, q: np.ndarray, truth: np.ndarray, label: str, cache: Path | None, nlist: int,
+              pq_ms: tuple[int, ...], nprobes: tuple[int, ...], opq: bool, train_sample: int, reps: int,
+              emit: Callable[[dict[str, Any]], None], depths: tuple[int, ...], build_mode: Callable[[], None],
+              search_mode: Callable[[], None]) -> None:
+    """The IVF-Flat rows, then IVF-PQ (and OPQ) rows on the same coarse quantizer."""
+    from indexer.config import IndexConfig
+    from indexer.faiss_index import create_index
+
+    n, d = x.shape
     # --- ivfflat; its trained coarse quantizer is reused by the ivfpq variants (same nlist)
     build_mode()
     cfg = IndexConfig("ivfflat", ivf_nlist=nlist, train_sample=train_sample)
@@ -203,7 +236,7 @@ def run_suite(x: np.ndarray, q: np.ndarray, label: str, cache: Path | None, nlis
                     p = faiss.SearchParametersPreTransform()
                     p.index_params = ivfp
                 base = {"nlist": nlist, "m": m, "opq": rotate, "nprobe": nprobe}
-                raw = lambda qq, p=p: index.search(qq, K, params=p)[1]                             # noqa: E731
+                raw = lambda qq, p=p, index=index: index.search(qq, K, params=p)[1]               # noqa: E731
                 recall_raw = recall_at(raw(q), truth)
                 for depth in depths:
                     fn = _rescored(index, x, p, depth)
@@ -211,22 +244,6 @@ def run_suite(x: np.ndarray, q: np.ndarray, label: str, cache: Path | None, nlis
                                      _index_bytes(index), secs + train_s, fn, q, reps, 20, cached,
                                      recall_no_rescore=round(recall_raw, 4), pq_only_build_s=round(secs, 1)))
             del index
-    # --- hnsw
-    if hnsw is not None:
-        m, efc = hnsw
-        build_mode()
-        index, secs, cached = _cached_build(cache, f"{label}-hnsw{m}-efc{efc}",
-                                            lambda: create_index(x, IndexConfig("hnsw", hnsw_m=m,
-                                                                                hnsw_ef_construction=efc)))
-        search_mode()
-        for ef in ef_searches:
-            p = faiss.SearchParametersHNSW(efSearch=max(ef, K))
-            fn = lambda qq, p=p: index.search(qq, K, params=p)[1]                              # noqa: E731
-            emit(_row("hnsw", {"M": m, "efConstruction": efc, "efSearch": ef}, n, recall_at(fn(q), truth),
-                             _index_bytes(index), secs, fn, q, reps, 20, cached))
-        del index
-
-    build_mode()
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -261,7 +278,8 @@ def real_embeddings(out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def combine(paths: list[Path]) -> dict[str, Any]:
-    """One planner table from several ``ann.json`` runs (rows deduplicated, first run wins)."""
+    """One planner table from several ``ann.json`` runs, or earlier planner tables (rows deduplicated,
+    first run wins; a row keeps the command of the run that measured it)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     seen, rows = set(), []
     for run in runs:
@@ -269,8 +287,8 @@ def combine(paths: list[Path]) -> dict[str, Any]:
             key = (r["data"], r["n"], r["type"], json.dumps(r["params"], sort_keys=True))
             if key not in seen:
                 seen.add(key)
-                rows.append({**r, "run": run["command"]})
-    return {"command": " && ".join(r["command"] for r in runs), "date": runs[0]["date"],
+                rows.append({**r, "run": r.get("run") or run["command"]})
+    return {"command": " && ".join(r["command"] for r in runs), "date": max(r["date"] for r in runs),
             "machine": runs[0]["machine"], "search_threads": 1, "k": K, "batch": BATCH, "rows": rows}
 
 
@@ -284,7 +302,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--pq-m", default="48,96")
     parser.add_argument("--nprobe", default="16,32,64,128")
-    parser.add_argument("--hnsw", default="16,80", help="M,efConstruction ('' to skip HNSW)")
+    parser.add_argument("--hnsw", default="16,80",
+                        help="M,efConstruction, or several separated by ';' (e.g. '32,128;48,128'); '' skips HNSW")
+    parser.add_argument("--no-ivf", action="store_true", help="skip the IVF-Flat and IVF-PQ rows")
     parser.add_argument("--ef-search", default="32,64,128")
     parser.add_argument("--opq", action="store_true", help="also OPQ-rotated ivfpq")
     parser.add_argument("--train-sample", type=int, default=4096 * 40)
@@ -316,7 +336,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     started = time.perf_counter()
     load_before = os.getloadavg()
-    hnsw = _ints(args.hnsw)
+    hnsw = [_ints(pair) for pair in args.hnsw.split(";") if pair.strip()]
+    if any(len(pair) != 2 for pair in hnsw):
+        raise ValueError(f"--hnsw: expected M,efConstruction pairs separated by ';', got {args.hnsw!r}")
     rows: list[dict[str, Any]] = []
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -347,8 +369,9 @@ def run(args: argparse.Namespace) -> int:
         x = synthetic_passages(args.n, 384, seed=0)
         q = synthetic_queries(x, args.queries)
         run_suite(x, q, f"syn{args.n}", args.cache or args.out / "cache", args.nlist, _ints(args.pq_m), _ints(args.nprobe),
-                  (hnsw[0], hnsw[1]) if hnsw else None, _ints(args.ef_search), args.opq, args.train_sample,
-                  args.reps, emitter("synthetic 384-d"), flat=not args.no_flat, depths=_ints(args.rescore))
+                  [(a, b) for a, b in hnsw], _ints(args.ef_search), args.opq, args.train_sample,
+                  args.reps, emitter("synthetic 384-d"), flat=not args.no_flat, depths=_ints(args.rescore),
+                  ivf=not args.no_ivf)
     report = save()
     if args.planner_table is not None:
         table = {k: report[k] for k in ("command", "date", "machine", "search_threads", "k", "batch")}

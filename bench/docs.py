@@ -1,12 +1,12 @@
-"""The README's result tables and ``docs/benchmarks.md``, generated from the benchmark JSON in
-``docs/results/`` so a figure in the docs can never drift from the run that produced it.
+"""The README's result tables, ``docs/benchmarks.md`` and ``docs/scaling.md``'s, generated from the
+benchmark JSON in ``docs/results/`` so a figure in the docs can never drift from the run that produced it.
 
-    python -m bench.docs            # rewrite the generated blocks of README.md and docs/benchmarks.md
-    python -m bench.docs --check    # exit 1 if either is out of date (a test runs this)
+    python -m bench.docs            # rewrite the generated blocks of README.md, docs/benchmarks.md, docs/scaling.md
+    python -m bench.docs --check    # exit 1 if one is out of date (a test runs this)
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each one
 ends with the command and the date of the run it shows. To publish a new run, copy its JSON to
-``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``) and run this.
+``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``) and run this.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 README = REPO / "README.md"
 BENCHMARKS = REPO / "docs" / "benchmarks.md"
+SCALING = REPO / "docs" / "scaling.md"
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
@@ -118,6 +119,31 @@ def reliability_block(report: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n\n" + _run_line({**report, "command": command}, command) + "\n"
 
 
+def merge_block(report: dict[str, Any] | None) -> str:
+    """Peak memory of the streaming and in-memory merges as measured, and each scaled to DPR's 21M x
+    768 Wikipedia index: an extrapolation, and labelled as one."""
+    if report is None:
+        return "No merge run published yet.\n"
+    n, dim = report["n"], report["dim"]
+    big_n, big_dim, big_m = 21_000_000, 768, 96
+    big_vectors_gb = big_n * big_dim * 4 / 1e9
+    lines = [f"| merge, {n / 1e6:g}M x {dim} | peak RSS MB | growth MB | growth at 21M x 768 (extrapolated) |",
+             "|---|---|---|---|"]
+    for r in report["rows"]:
+        if r["way"] == "streaming":
+            # Linear in the vector count (hashes, ids, codes); 768-d PQ codes are m=96 bytes, 48 more.
+            extra = (big_m - dim // 8) if r["index_type"] == "ivfpq" else 0
+            big = big_n * (r["growth_mb"] * 2**20 / n + extra) / 1e9
+            how = f"{big:.1f} GB (linear in n{', m=96' if extra else ''})"
+        else:
+            ratio = r["growth_mb"] / r["vectors_mb"]
+            how = f"{ratio * big_vectors_gb:.0f} GB ({ratio:.2f} x the vectors)"
+        lines.append(f"| {r['index_type']}, {r['way']} | {r['rss_peak_mb']:,.0f} | {r['growth_mb']:,.0f} | {how} |")
+    before = report["rows"][0]["rss_before_mb"]
+    return ("\n".join(lines) + f"\n\nGrowth: peak RSS during the merge over the RSS before it ({before:,.0f} MB, "
+            "corpus loaded). " + _run_line(report, "dpr bench merge") + "\n")
+
+
 def reliability_details(report: dict[str, Any] | None) -> str:
     if report is None:
         return ""
@@ -142,6 +168,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "speed": lambda: speed_block(_load("speed")),
     "reliability": lambda: reliability_block(_load("reliability")),
     "reliability-details": lambda: reliability_details(_load("reliability")),
+    "merge": lambda: merge_block(_load("merge")),
     "speed-details": lambda: speed_details(_load("speed")),
 }
 
@@ -161,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if a file is out of date")
     args = parser.parse_args(argv)
     stale = []
-    for path in (README, BENCHMARKS):
+    for path in (README, BENCHMARKS, SCALING):
         text = path.read_text(encoding="utf-8")
         fresh = render(text)
         if fresh != text:

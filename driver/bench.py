@@ -20,6 +20,7 @@ BENCHES = {
                                           "tampered and rebuilt-in-place indexes, stalled clients, metrics growth"),
     "ann": ("bench.ann", "ANN index types at scale: recall@10 vs exact, memory, build time, latency, q/s; writes "
                          "the index planner's table"),
+    "merge": ("bench.merge_memory", "peak memory of `dpr index merge` over synthetic shards: streaming vs in-memory"),
     "latency": ("bench.latency", "sequential HTTP latency of `dpr serve` on an index, split by Server-Timing"),
     "json": ("bench.json_encoding", "response serialisation of a k=100 answer: FastAPI's default vs orjson"),
 }

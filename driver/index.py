@@ -5,10 +5,13 @@
 ``dpr index merge --shards DIR... --out DIR`` assembles the shards into an index;
 ``dpr index plan --count N --dim D --ram-gb X`` recommends an index type;
 ``dpr index rollback DIR`` makes the build before DIR's current one current again.
+Under ``torchrun`` (``WORLD_SIZE > 1``) a build is shared out: each rank embeds its slice and rank 0
+merges and publishes (:mod:`indexer.distributed`).
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 from common.choices import DTYPES, QUANTIZE_MODES, RUNTIMES
 from common.flags import add_dataclass_arguments, dataclass_from_args
@@ -38,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser, argv: object = ()) -> None:
     add_dataclass_arguments(parser, IndexConfig, groups=groups)
     work = parser.add_argument_group("resumable and sharded embedding")
     work.add_argument("--work-dir", default=None,
-                      help="where embedding chunks are kept until the index is written (default <out>.work)")
+                      help="where embedding chunks are kept until the index is written (default <out>.work; "
+                           "under torchrun on several machines it must be shared storage)")
     work.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
                       help="passages per chunk file (default %(default)s)")
     work.add_argument("--shard", metavar="I/N", default=None,
@@ -112,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         print(format_plan(plan, as_json=args.json))
         return 0
     config = _config(args)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and (args.action == "merge" or args.shard is not None):
+        raise ValueError(f"{'dpr index merge' if args.action == 'merge' else '--shard'} runs as one process, not "
+                         f"under torchrun (WORLD_SIZE={world}); under torchrun `dpr index` gives each rank its "
+                         "slice and merges by itself")
     if args.action == "merge":
         from indexer.merge import merge_shards
 
@@ -145,6 +154,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.dtype != "float32":
         raise ValueError("--dtype applies to --shard only (an index stores float32 vectors)")
+    if world > 1:
+        # Under torchrun: this rank embeds its slice; rank 0 merges and publishes (indexer/distributed.py).
+        from indexer.distributed import Ranks, build_index_distributed
+
+        ranks = Ranks.from_env()
+        result = build_index_distributed(encoder, args.kb, args.out, config, model_dir=model_ref(args.model),
+                                         ranks=ranks, work_dir=args.work_dir, chunk_size=chunk,
+                                         bm25=not args.no_bm25, keep_builds=args.keep_builds,
+                                         progress=not args.no_progress,
+                                         local_gpu=args.runtime == "torch" and args.quantize == "none")
+        if ranks.rank == 0:
+            _summary(result["out"])
+        else:
+            print(f"rank {ranks.rank}/{ranks.world}: rows {result['rows'][0]}-{result['rows'][1] - 1} embedded "
+                  f"({result['embedded']} embedded, {result['resumed']} resumed, {result['reused']} reused)")
+        return 0
     out = build_index(encoder, args.kb, args.out, config, model_dir=model_ref(args.model),
                       progress=not args.no_progress, bm25=not args.no_bm25, work_dir=args.work_dir,
                       chunk_size=chunk, keep_builds=args.keep_builds)

@@ -19,7 +19,7 @@ COMMANDS = {
                               "roll back"),
     "serve": ("driver.serve", "serve an index over HTTP (FastAPI + uvicorn)"),
     "eval": ("driver.evaluate", "evaluate a model, an index or a running server (Recall@k, MRR, nDCG)"),
-    "bench": ("driver.bench", "benchmarks: recall, speed, reliability, ann, latency, json"),
+    "bench": ("driver.bench", "benchmarks: recall, speed, reliability, ann, merge, latency, json"),
 }
 
 

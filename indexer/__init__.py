@@ -18,7 +18,7 @@ _EXPORTS = {
     "build_index": "indexer.build", "build_index_from_vectors": "indexer.build", "content_hash": "indexer.build",
     "embed_shard": "indexer.build", "IndexConfig": "indexer.config", "INDEX_TYPES": "common.choices",
     "IndexLoadError": "indexer.errors", "ManifestMismatch": "indexer.errors", "check_encoder": "indexer.manifest",
-    "merge_shards": "indexer.merge", "SearchIndex": "indexer.searcher", "ShardError": "indexer.shards",
+    "merge_shards": "indexer.merge", "SearchIndex": "indexer.searcher", "ShardError": "indexer.errors",
     "ShardSpec": "indexer.shards",
 }
 

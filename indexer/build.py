@@ -28,7 +28,13 @@ from indexer.bm25_files import same_passage_hashes, write_bm25
 from indexer.builds import DEFAULT_KEEP, check_target, current_build, new_build, prune_builds
 from indexer.config import IndexConfig
 from indexer.errors import IndexLoadError
-from indexer.faiss_index import check_buildable, create_index, write_faiss
+from indexer.faiss_index import (
+    check_buildable,
+    create_index,
+    flat_streaming_supported,
+    write_faiss,
+    write_flat_streaming,
+)
 from indexer.manifest import (
     CONFIG_FILE,
     EMBEDDINGS_FILE,
@@ -42,7 +48,8 @@ from indexer.manifest import (
     kb_sources,
     read_manifest,
 )
-from indexer.shards import DEFAULT_CHUNK, ShardSpec, embed_rows, make_header, prepare_work_dir, read_shard
+from indexer.shards import DEFAULT_CHUNK, ShardSpec, chunk_source, embed_rows, make_header, prepare_work_dir
+from indexer.sources import ArraySource, VectorSource, as_source, write_npy
 from indexer.store import write_store
 from retriever.encoder import DualEncoder, model_ref
 
@@ -153,8 +160,7 @@ def build_index(
     cache = load_cached_vectors(out_dir, description)
     stats = embed_rows(encoder, passages, hashes, work, header, cache, config.batch_size, progress)
     del cache
-    vectors = read_shard(work, verify=False).vectors
-    build_index_from_vectors(vectors, passages, out_dir, config, description, model_dir, hashes=hashes,
+    build_index_from_vectors(chunk_source([work]), passages, out_dir, config, description, model_dir, hashes=hashes,
                              kb=sources, build_stats=stats, bm25=bm25, progress=progress, started=started,
                              keep_builds=keep_builds)
     shutil.rmtree(work, ignore_errors=True)
@@ -162,7 +168,7 @@ def build_index(
 
 
 def build_index_from_vectors(
-    vectors: np.ndarray,
+    vectors: np.ndarray | VectorSource,
     passages: Sequence[Passage],
     out_dir: str | Path,
     config: IndexConfig,
@@ -177,35 +183,49 @@ def build_index_from_vectors(
     started: float | None = None,
     keep_builds: int = DEFAULT_KEEP,
 ) -> Path:
-    """Publish an index over ``vectors`` (float32 [n, d], row i = ``passages[i]``) as a new build of ``out_dir``.
+    """Publish an index over ``vectors`` (row i = ``passages[i]``) as a new build of ``out_dir``.
 
-    ``model_description`` is the ``DualEncoder.describe()`` of the model the vectors come from and
-    ``model_dir`` its reference for the server, so the index opens with that model like any other.
+    ``vectors``: float32 [n, d] in memory, or a :class:`indexer.sources.VectorSource` (embedding chunk
+    files, read one at a time: the streaming path of builds and merges). ``model_description`` is the
+    ``DualEncoder.describe()`` of the model the vectors come from and ``model_dir`` its reference for
+    the server, so the index opens with that model like any other.
     """
     started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     check_target(out_dir)
     dim = int(model_description["dim"])
-    if vectors.ndim != 2 or vectors.shape != (len(passages), dim):
+    if isinstance(vectors, np.ndarray) and vectors.dtype != np.float32:
+        raise ValueError(f"vectors must be float32, got {vectors.dtype}")
+    if isinstance(vectors, np.ndarray) and vectors.ndim != 2:
         raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(passages)}, {dim}) "
                          "(one row per passage, the model's dim)")
-    if vectors.dtype != np.float32:
-        raise ValueError(f"vectors must be float32, got {vectors.dtype}")
-    if not np.isfinite(vectors).all():
-        raise RuntimeError("non-finite passage embeddings (NaN or inf); index not written")
+    source = as_source(vectors)
+    if (source.count, source.dim) != (len(passages), dim):
+        raise ValueError(f"vectors have shape {(source.count, source.dim)}, expected ({len(passages)}, {dim}) "
+                         "(one row per passage, the model's dim)")
     resolved = config.resolve(len(passages), dim)
     check_buildable(len(passages), resolved)
     hashes = [content_hash(p) for p in passages] if hashes is None else list(hashes)
     encoder_config = model_description.get("encoder") or {}
-    index = create_index(vectors, resolved, progress=progress)
+    for block in source.chunks():                    # before anything is written: refuse NaN early
+        if not np.isfinite(block).all():
+            raise RuntimeError("non-finite passage embeddings (NaN or inf); index not written")
+    # A flat index read from chunk files is written straight to its file: the merge then never holds
+    # the corpus (the server loads it whole anyway). Every other type is built in memory.
+    streamed_flat = (resolved.index_type == "flat" and not isinstance(source, ArraySource)
+                     and flat_streaming_supported(dim))
+    index = None if streamed_flat else create_index(source, resolved, progress=progress)
     hash_array = np.array([h.encode("ascii") for h in hashes], dtype=HASH_DTYPE)
     previous = _previous_build(out_dir) if bm25 else None
     previous_manifest = _previous_manifest(previous)
     stats = build_stats or {}
 
     with new_build(out_dir) as tmp:
-        write_faiss(index, tmp / FAISS_FILE)
-        np.save(tmp / EMBEDDINGS_FILE, vectors, allow_pickle=False)
+        if index is None:
+            write_flat_streaming(source, tmp / FAISS_FILE)
+        else:
+            write_faiss(index, tmp / FAISS_FILE)
+        write_npy(tmp / EMBEDDINGS_FILE, source)
         np.save(tmp / HASHES_FILE, hash_array, allow_pickle=False)
         write_store(tmp / STORE_FILE, passages, hashes)
         write_json(tmp / CONFIG_FILE, resolved.to_dict())
@@ -249,11 +269,15 @@ def embed_shard(
     chunk_size: int = DEFAULT_CHUNK,
     batch_size: int = 64,
     progress: bool = True,
+    cache: dict[str, np.ndarray] | None = None,
+    private: bool = False,
 ) -> dict[str, Any]:
     """Embed shard ``spec`` (contiguous KB rows) into the shard directory ``out_dir``; resumable.
 
-    Returns the stats of :func:`indexer.shards.embed_rows` plus ``rows``. ``dpr index merge`` turns
-    the N shard directories into an index.
+    ``cache``: vectors by content hash to reuse (a previous build's). ``private``: ``out_dir`` is a
+    work directory of ours (torchrun builds), so unfinished work for other inputs is discarded
+    rather than refused. Returns the stats of :func:`indexer.shards.embed_rows` plus ``rows``.
+    ``dpr index merge`` turns the N shard directories into an index.
     """
     out_dir = Path(out_dir)
     if isinstance(kb_paths, (str, Path)):
@@ -262,8 +286,8 @@ def embed_shard(
     sources = kb_sources(kb_paths)
     ref = None if model_dir is None else model_ref(model_dir)
     header = make_header(encoder.describe(), ref, sources, spec, len(passages), dtype, chunk_size)
-    prepare_work_dir(out_dir, header, reset_on_mismatch=False)
+    prepare_work_dir(out_dir, header, reset_on_mismatch=private)
     start, stop = header["rows"]
     hashes = [""] * start + [content_hash(p) for p in passages[start:stop]] + [""] * (len(passages) - stop)
-    stats = embed_rows(encoder, passages, hashes, out_dir, header, None, batch_size, progress)
+    stats = embed_rows(encoder, passages, hashes, out_dir, header, cache, batch_size, progress)
     return {**stats, "rows": [start, stop]}

@@ -1,4 +1,4 @@
-"""The two ways opening an index can fail: a broken directory, or an encoder that does not fit it."""
+"""What can go wrong with an index: a broken directory, an encoder that does not fit it, unusable shards."""
 from __future__ import annotations
 
 
@@ -15,3 +15,7 @@ class ManifestMismatch(ValueError):
     def __init__(self, message: str, differences: list[tuple[str, object, object]] | None = None) -> None:
         super().__init__(message)
         self.differences = list(differences or [])
+
+
+class ShardError(ValueError):
+    """A shard or work directory that cannot be used as asked; the message names it."""

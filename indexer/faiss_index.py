@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,10 +13,14 @@ from tqdm.auto import tqdm
 
 from indexer.config import IVF_TYPES, IndexConfig
 from indexer.errors import IndexLoadError
+from indexer.sources import VectorSource, as_source
 
 logger = logging.getLogger(__name__)
 
 _ADD_CHUNK = 16384
+# Encoding a batch for PQ builds a distance table of rows x m x 2**nbits floats (8,192 rows at m 48:
+# 400 MB, transient but the merge's peak); batches are sized to keep it near this.
+_PQ_TABLE_BYTES = 16 << 20
 # FAISS k-means itself keeps at most 256 points per centroid; a fixed sample keeps training bounded
 # and reproducible on large knowledge bases.
 _MAX_TRAIN = 262144
@@ -41,29 +46,40 @@ def _omp_threads_for(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def create_index(vectors: np.ndarray, config: IndexConfig, progress: bool = False) -> faiss.Index:
-    """An inner-product index over ``vectors`` (float32 [n, d]); ``config`` must be resolved."""
-    with _omp_threads_for(len(vectors)):
-        return _create_index(vectors, config, progress)
+def create_index(vectors: np.ndarray | VectorSource, config: IndexConfig, progress: bool = False) -> faiss.Index:
+    """An inner-product index over ``vectors`` (float32 [n, d], or a :class:`VectorSource` read chunk
+    by chunk: only the IVF training sample is ever held whole); ``config`` must be resolved."""
+    source = as_source(vectors)
+    with _omp_threads_for(source.count):
+        return _create_index(source, config, progress)
 
 
-def _create_index(vectors: np.ndarray, config: IndexConfig, progress: bool) -> faiss.Index:
-    n, dim = vectors.shape
+def _create_index(source: VectorSource, config: IndexConfig, progress: bool) -> faiss.Index:
+    n, dim = source.count, source.dim
     if config.index_type == "flat":
         index = faiss.IndexFlatIP(dim)
     elif config.index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = config.hnsw_ef_construction
     else:
-        index = _trained_ivf(vectors, config)
+        index = _trained_ivf(source, config)
     apply_search_params(index, config)
+    batch = _add_batch(config)
     with tqdm(total=n, unit="vec", desc=f"add to {config.index_type} index",
               disable=not progress or n <= _ADD_CHUNK) as bar:
-        for start in range(0, n, _ADD_CHUNK):
-            chunk = vectors[start:start + _ADD_CHUNK]
-            index.add(chunk)
-            bar.update(len(chunk))
+        for block in source.chunks():
+            for start in range(0, len(block), batch):
+                part = np.ascontiguousarray(block[start:start + batch])
+                index.add(part)
+                bar.update(len(part))
     return index
+
+
+def _add_batch(config: IndexConfig) -> int:
+    """Rows per ``index.add``: bounded for IVF-PQ by its encoding table (see ``_PQ_TABLE_BYTES``)."""
+    if config.index_type != "ivfpq" or not config.pq_m:
+        return _ADD_CHUNK
+    return max(256, min(_ADD_CHUNK, _PQ_TABLE_BYTES // (config.pq_m * 2 ** config.pq_nbits * 4)))
 
 
 def check_buildable(n: int, config: IndexConfig) -> None:
@@ -91,18 +107,23 @@ def factory_string(config: IndexConfig) -> str:
     return f"{f'OPQ{m},' if config.opq else ''}IVF{nlist},PQ{m}x{nbits}"
 
 
-def training_sample(vectors: np.ndarray, config: IndexConfig) -> np.ndarray:
-    """At most ``train_sample`` (default 256 per centroid, capped) rows, drawn reproducibly."""
-    n = len(vectors)
+def training_rows(n: int, config: IndexConfig) -> np.ndarray:
+    """The rows IVF/PQ train on: all ``n``, or at most ``train_sample`` (default 256 per centroid,
+    capped) drawn reproducibly, sorted."""
     limit = config.train_sample or min(_MAX_TRAIN, 256 * max(config.ivf_nlist or 1, 2 ** config.pq_nbits))
     if n <= limit:
-        return np.ascontiguousarray(vectors)
-    rng = np.random.default_rng(_SEED)
-    return np.ascontiguousarray(vectors[np.sort(rng.choice(n, limit, replace=False))])
+        return np.arange(n)
+    return np.sort(np.random.default_rng(_SEED).choice(n, limit, replace=False))
 
 
-def _trained_ivf(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
-    n, dim = vectors.shape
+def training_sample(vectors: np.ndarray | VectorSource, config: IndexConfig) -> np.ndarray:
+    """The training vectors (see :func:`training_rows`)."""
+    source = as_source(vectors)
+    return source.take(training_rows(source.count, config))
+
+
+def _trained_ivf(source: VectorSource, config: IndexConfig) -> faiss.Index:
+    n, dim = source.count, source.dim
     check_buildable(n, config)
     nlist, nbits = config.ivf_nlist, config.pq_nbits
     index = faiss.index_factory(dim, factory_string(config), faiss.METRIC_INNER_PRODUCT)
@@ -116,7 +137,7 @@ def _trained_ivf(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
         # was most of the training time.
         pq.do_polysemous_training = False
         pq.pq.cp.min_points_per_centroid = 1
-    sample = training_sample(vectors, config)
+    sample = training_sample(source, config)
     if len(sample) < 39 * centroids:
         logger.warning("%s: %d training vectors is few for %d centroids (FAISS suggests 39 per centroid); "
                        "recall may suffer, consider flat or hnsw", config.index_type, len(sample), centroids)
@@ -151,6 +172,30 @@ def search_params(config: IndexConfig, k: int) -> faiss.SearchParameters | None:
 
 def write_faiss(index: faiss.Index, path: str | Path) -> None:
     faiss.write_index(index, str(path))
+
+
+def _flat_header(dim: int, n: int) -> bytes:
+    """The bytes of FAISS's ``IndexFlatIP`` file before its vectors: fourcc, d, ntotal, two dummies,
+    is_trained, metric, then the float count (``faiss/impl/index_write.cpp``)."""
+    return (b"IxFI" + struct.pack("<iqqq?i", dim, n, 1 << 20, 1 << 20, True, faiss.METRIC_INNER_PRODUCT)
+            + struct.pack("<Q", n * dim))
+
+
+def flat_streaming_supported(dim: int) -> bool:
+    """Whether this FAISS writes flat indexes as :func:`_flat_header` assumes (checked on two rows)."""
+    sample = np.arange(2 * dim, dtype=np.float32).reshape(2, dim)
+    index = faiss.IndexFlatIP(dim)
+    index.add(sample)
+    return faiss.serialize_index(index).tobytes() == _flat_header(dim, 2) + sample.tobytes()
+
+
+def write_flat_streaming(source: VectorSource, path: str | Path) -> None:
+    """An ``IndexFlatIP`` file written chunk by chunk, never holding the index: what
+    ``faiss.write_index`` writes for the same vectors, byte for byte (see :func:`flat_streaming_supported`)."""
+    with open(path, "wb") as f:
+        f.write(_flat_header(source.dim, source.count))
+        for block in source.chunks():
+            f.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
 
 
 def read_faiss(path: str | Path, config: IndexConfig) -> faiss.Index:

@@ -1,5 +1,9 @@
 """``dpr index merge``: check embedding shards from several machines and assemble one index.
 
+The merge streams: vectors are read from the shards' chunk files one at a time (for IVF/PQ, a
+training sample first), written to ``embeddings.npy`` and added to the FAISS index as they come, so
+its memory is one chunk plus the index (plus the sample), not the corpus (:mod:`indexer.sources`).
+
 The shards must come from one model and one knowledge base (same sources, same SHA-256), number
 ``0..N-1`` of the same ``N`` with no shard missing or repeated, and cover the KB rows exactly; the
 passage ids and content hashes each shard recorded must be the KB's at those rows. Any problem is
@@ -20,8 +24,10 @@ from common.files import read_json
 from indexer.build import build_index_from_vectors, content_hash
 from indexer.builds import DEFAULT_KEEP
 from indexer.config import IndexConfig
+from indexer.errors import ShardError
 from indexer.manifest import encoder_differences, kb_sources
-from indexer.shards import SHARD_FILE, ShardData, ShardError, ShardSpec, read_shard
+from indexer.shards import SHARD_FILE, ShardData, ShardSpec, read_shard
+from indexer.sources import ChunkSource
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +79,12 @@ def check_shard_set(headers: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Pa
 
 def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, config: IndexConfig = IndexConfig(),
                  kb_paths: Sequence[str | Path] | None = None, bm25: bool = True, progress: bool = True,
-                 keep_builds: int = DEFAULT_KEEP) -> Path:
+                 keep_builds: int = DEFAULT_KEEP, streaming: bool = True) -> Path:
     """Assemble the index at ``out_dir`` from the shard directories (any order).
 
     ``kb_paths`` overrides where the KB files are (e.g. another mount on the merging machine); they
-    must have the SHA-256 the shards recorded.
+    must have the SHA-256 the shards recorded. ``streaming=False`` loads every vector first (the old
+    in-memory merge, kept to measure against).
     """
     started = time.perf_counter()
     shards = check_shard_set(_headers([Path(d) for d in shard_dirs]))
@@ -101,9 +108,14 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, config: 
                 raise ShardError(f"{d}: row {a + offset} holds passage {pid!r}, the knowledge base has {p.pid!r} "
                                  "(or its content changed)")
         parts.append(data)
-    vectors = np.concatenate([p.vectors for p in parts])
+    if streaming:
+        vectors: np.ndarray | ChunkSource = ChunkSource([c for p in parts for c in p.chunks],
+                                                        int(header["model"]["dim"]), header["dtype"])
+    else:
+        vectors = np.concatenate([p.vectors for p in parts])
     hashes = [h for p in parts for h in p.hashes]
-    stats = {"merged_shards": len(parts), "shard_dtype": header["dtype"], "reused": 0, "embedded": 0}
+    stats = {"merged_shards": len(parts), "shard_dtype": header["dtype"], "reused": 0, "embedded": 0,
+             "streaming": streaming}
     logger.info("merging %d shards (%d passages, %s)", len(parts), len(passages), header["dtype"])
     return build_index_from_vectors(vectors, passages, out_dir, config, header["model"], header.get("model_dir"),
                                     hashes=hashes, kb=sources, build_stats=stats, bm25=bm25, progress=progress,

@@ -39,7 +39,7 @@ def default_nlist(count: int) -> int:
 
 
 def memory_bytes(index_type: str, count: int, dim: int, **p: Any) -> float:
-    """Bytes the FAISS index holds in RAM (the float vectors kept for re-scoring live on disk, memory-mapped)."""
+    """Bytes the FAISS index holds in RAM (the float vectors kept for re-scoring stay on disk, read per query)."""
     if index_type == "flat":
         return count * dim * 4.0
     if index_type == "hnsw":
@@ -57,12 +57,20 @@ def memory_bytes(index_type: str, count: int, dim: int, **p: Any) -> float:
 
 
 def _measured_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per index type, the synthetic rows measured at the largest size (the planner's reference)."""
+    """The synthetic rows the planner extrapolates from: per index type the rows measured at the
+    largest size, and for HNSW per (M, efConstruction) graph, since bigger graphs cost more to build
+    and were measured at smaller sizes."""
     rows = [r for r in table.get("rows", []) if str(r.get("data", "")).startswith("synthetic")]
-    largest: dict[str, int] = {}
+    largest: dict[tuple[str, ...], int] = {}
     for r in rows:
-        largest[r["type"]] = max(largest.get(r["type"], 0), r["n"])
-    return [r for r in rows if r["n"] == largest[r["type"]]]
+        largest[_family(r)] = max(largest.get(_family(r), 0), r["n"])
+    return [r for r in rows if r["n"] == largest[_family(r)]]
+
+
+def _family(row: dict[str, Any]) -> tuple[str, ...]:
+    if row["type"] == "hnsw":
+        return ("hnsw", str(row["params"].get("M")), str(row["params"].get("efConstruction")))
+    return (row["type"],)
 
 
 def _dim_of(row: dict[str, Any]) -> int:
@@ -108,12 +116,19 @@ def _candidate(row: dict[str, Any], count: int, dim: int) -> dict[str, Any]:
     mem = memory_bytes(kind, count, dim, **params, graph_extra=max(0.0, extra))
     factor = _scale(row, count, dim)
     status = "measured" if exact_size else "extrapolated"
+    recall, recall_note = row["recall_at_10"], (f"measured at {row['n']:,} x {_dim_of(row)}"
+                                                + ("" if exact_size else ", assumed to carry over"))
+    if kind == "hnsw" and count > row["n"]:
+        # At fixed M and efSearch an HNSW graph's recall falls as it grows (measured: M=16, efSearch 128
+        # gives 0.885 at 1M), so a recall measured on fewer vectors says nothing safe about more.
+        recall, recall_note = None, f"not known above the {row['n']:,} vectors measured (falls as n grows)"
+    elif kind == "hnsw" and not exact_size:
+        recall_note = f"measured at {row['n']:,} x {_dim_of(row)}; fewer vectors recall at least as well"
     return {
         "type": kind, "engine": row["type"], "params": params,
         "memory_gb": round(mem / GB, 2), "memory": "formula" + (" (+ measured graph overhead)" if kind == "hnsw" else ""),
-        "recall_at_10": row["recall_at_10"],
-        "recall": "exact" if kind == "flat" else (f"measured at {row['n']:,} x {_dim_of(row)}"
-                                                  + ("" if exact_size else ", assumed to carry over")),
+        "recall_at_10": recall,
+        "recall": "exact" if kind == "flat" else recall_note,
         "p50_ms": round(row["p50_ms"] * factor["latency"], 2),
         "batch_qps": round(row["batch_qps"] / factor["latency"], 1),
         "build_s": round(row["build_s"] * factor["build"], 1),
@@ -163,13 +178,42 @@ def plan_index(count: int, dim: int, ram_gb: float | None = None, target_recall:
                      f"{smallest['memory_gb']} GB: add RAM or split the corpus over several servers")
     if choice is not None and choice["type"] in ("ivfpq",):
         notes.append(f"ivfpq re-scores its candidates on the float vectors (embeddings.npy, "
-                     f"{count * dim * 4 / GB:.1f} GB on disk, memory-mapped): fast disk or page cache needed")
+                     f"{count * dim * 4 / GB:.1f} GB on disk, read per query): fast disk or page cache needed")
+    synthetic_hnsw = [r for r in table.get("rows", [])
+                      if r["type"] == "hnsw" and str(r.get("data", "")).startswith("synthetic")]
+    hnsw_note = _hnsw_note(synthetic_hnsw, count, dim, target_recall)
+    if hnsw_note is not None:
+        notes.append(hnsw_note)
     best_of = {}
     for c in sorted(candidates, key=lambda c: (order[c["type"]], -(c["recall_at_10"] or 0))):
         best_of.setdefault((c["type"], json.dumps(c["params"], sort_keys=True)), c)
     return {"count": count, "dim": dim, "ram_gb": ram_gb, "target_recall": target_recall,
             "recommendation": choice, "reason": reason, "notes": notes,
             "candidates": list(best_of.values()), "table": {k: table.get(k) for k in ("command", "date", "machine")}}
+
+
+def _hnsw_note(rows: list[dict[str, Any]], count: int, dim: int, target_recall: float) -> str | None:
+    """Why HNSW is not offered where only smaller graphs reached the target, with what was measured."""
+    largest: dict[tuple[str, ...], int] = {}
+    for r in rows:
+        largest[_family(r)] = max(largest.get(_family(r), 0), r["n"])
+    reached = [r for r in rows if r["recall_at_10"] >= target_recall and r["n"] < count
+               and r["n"] == largest[_family(r)]]
+    if not reached:
+        return None
+    best = min(reached, key=lambda r: r["p50_ms"])
+    setting = f"M={best['params']['M']} efSearch={best['params']['efSearch']}"
+    build = best["build_s"] * _scale(best, count, dim)["build"]
+    # The same setting measured on a smaller graph shows how recall falls with n.
+    smaller = [r for r in rows if r["params"] == best["params"] and r["n"] < best["n"]]
+    trend = (f" ({setting}: {max(smaller, key=lambda r: r['n'])['recall_at_10']} at "
+             f"{max(r['n'] for r in smaller):,}, {best['recall_at_10']} at {best['n']:,})" if smaller else "")
+    return (f"hnsw: {setting} reaches recall@10 {best['recall_at_10']} at {best['n']:,} vectors (measured; built "
+            f"in {best['build_s']:.0f} s), but its recall at {count:,} is not known: at fixed M and efSearch it "
+            f"falls as the graph grows{trend}. It also holds every float vector plus the graph in RAM, and this "
+            f"graph at {count:,} x {dim} would take ~{build / 3600:.1f} h to build here (extrapolated). Measure "
+            f"before choosing it: `dpr bench ann --n {count} --no-ivf --hnsw {best['params']['M']},"
+            f"{best['params']['efConstruction']} --ef-search {best['params']['efSearch']}`")
 
 
 def format_plan(plan: dict[str, Any], as_json: bool = False) -> str:
@@ -196,5 +240,7 @@ def format_plan(plan: dict[str, Any], as_json: bool = False) -> str:
                      f"{c['build_s']}")
     lines += [f"note: {n}" for n in plan["notes"]]
     if plan["table"].get("date"):
-        lines.append(f"measured table: {plan['table']['command']} ({plan['table']['date']})")
+        runs = len(str(plan["table"].get("command") or "").split(" && "))
+        lines.append(f"measured table: {TABLE_FILE.name}, {runs} benchmark run(s), newest {plan['table']['date']}; "
+                     "the commands are in it (and in --json)")
     return "\n".join(lines)

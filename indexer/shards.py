@@ -23,7 +23,9 @@ import numpy as np
 from common.choices import DTYPES, check_choice
 from common.data import Passage
 from common.files import atomic_write, read_json, write_json
+from indexer.errors import ShardError
 from indexer.manifest import encoder_differences, file_sha256
+from indexer.sources import ChunkFile, ChunkSource
 
 if TYPE_CHECKING:
     from retriever.encoder import DualEncoder
@@ -35,10 +37,6 @@ SHARD_FORMAT = "dpr-embedding-shard"
 SHARD_VERSION = 1
 DEFAULT_CHUNK = 8192
 _CHUNK_RE = re.compile(r"^emb-\d{5}\.(npy|json)$")
-
-
-class ShardError(ValueError):
-    """A shard or work directory that cannot be used as asked; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -192,17 +190,26 @@ def embed_rows(encoder: DualEncoder, passages: Sequence[Passage], hashes: Sequen
 
 @dataclass
 class ShardData:
-    """A finished work or shard directory, read and checked."""
+    """A finished work or shard directory, checked; its vectors stay in their chunk files."""
 
     path: Path
     header: dict[str, Any]
-    vectors: np.ndarray          # float32 [rows, dim]
+    chunks: list[ChunkFile]
     ids: list[str]
     hashes: list[str]
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """All of the shard's vectors, float32 [rows, dim], loaded into memory (small shards, tests)."""
+        source = ChunkSource(self.chunks, int(self.header["model"]["dim"]), self.header["dtype"],
+                             start=int(self.header["rows"][0]))
+        parts = list(source.chunks())
+        return np.concatenate(parts) if parts else np.empty((0, source.dim), dtype=np.float32)
+
 
 def read_shard(work_dir: str | Path, verify: bool = True) -> ShardData:
-    """Load a finished shard directory; every inconsistency raises :class:`ShardError` naming the file."""
+    """Check a finished shard directory (every chunk's JSON, and with ``verify`` every ``.npy``'s
+    SHA-256); every inconsistency raises :class:`ShardError` naming the file. Vectors are not loaded."""
     work_dir = Path(work_dir)
     head = work_dir / SHARD_FILE
     if not head.is_file():
@@ -216,8 +223,8 @@ def read_shard(work_dir: str | Path, verify: bool = True) -> ShardData:
         raise ShardError(f"{work_dir}: unfinished shard (embedding was interrupted); re-run the same "
                          "`dpr index --shard` command to finish it")
     start, stop = header["rows"]
-    size, dim = header["chunk_size"], header["model"]["dim"]
-    parts, ids, hashes = [], [], []
+    size = header["chunk_size"]
+    chunks, ids, hashes = [], [], []
     for j, a in enumerate(range(start, stop, size)):
         b = min(stop, a + size)
         meta_path, npy = work_dir / chunk_name(j, "json"), work_dir / chunk_name(j, "npy")
@@ -228,17 +235,21 @@ def read_shard(work_dir: str | Path, verify: bool = True) -> ShardData:
             raise ShardError(f"{meta_path}: rows/ids/hashes do not cover rows {a}-{b - 1}")
         if verify and file_sha256(npy) != meta.get("sha256"):
             raise ShardError(f"{npy}: SHA-256 differs from {meta_path.name} (corrupt or modified)")
-        try:
-            array = np.load(npy, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise ShardError(f"{npy}: not a readable .npy array ({e})") from e
-        if array.shape != (b - a, dim) or array.dtype != np.dtype(header["dtype"]):
-            raise ShardError(f"{npy}: {array.dtype} {array.shape}, expected {header['dtype']} {(b - a, dim)}")
-        parts.append(array.astype(np.float32, copy=False))
+        chunks.append(ChunkFile(npy, a, b))
         ids.extend(meta["ids"])
         hashes.extend(meta["hashes"])
-    vectors = np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
-    return ShardData(work_dir, header, vectors, ids, hashes)
+    return ShardData(work_dir, header, chunks, ids, hashes)
+
+
+def chunk_source(shard_dirs: Sequence[str | Path], verify: bool = False) -> ChunkSource:
+    """The vectors of shard directories that together cover rows 0..n-1, in order, read chunk by chunk."""
+    shards = [read_shard(d, verify=verify) for d in shard_dirs]
+    if not shards:
+        raise ShardError("no shard directories given")
+    dtypes = {s.header["dtype"] for s in shards}
+    if len(dtypes) != 1:
+        raise ShardError(f"shards of different dtypes {sorted(dtypes)}")
+    return ChunkSource([c for s in shards for c in s.chunks], int(shards[0].header["model"]["dim"]), dtypes.pop())
 
 
 def make_header(description: dict[str, Any], model_dir: str | None, kb: list[dict[str, Any]], spec: ShardSpec,

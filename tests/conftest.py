@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +108,57 @@ def index_without_bm25(tmp_path: Path):
         return old
 
     return copy
+
+
+class TorchRun:
+    """The real ``torchrun`` launching the ``dpr`` console script, as a user launches it:
+    ``torchrun --nproc_per_node N $(command -v dpr) ARGV``, on loopback, one thread per rank."""
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+
+    def command(self, *argv: str, procs: int = 2) -> list[str]:
+        from reliability.serve_proc import free_port
+
+        torchrun, dpr = Path(sys.executable).with_name("torchrun"), Path(sys.executable).with_name("dpr")
+        for tool in (torchrun, dpr):
+            if not tool.exists():
+                pytest.fail(f"{tool.name} is missing beside {sys.executable} (torch ships torchrun; "
+                            "`pip install -e .` the dpr script)")
+        return [str(torchrun), "--nproc_per_node", str(procs), "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port()), str(dpr), *argv]
+
+    def launch(self, *argv: str, procs: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+        done = subprocess.run(self.command(*argv, procs=procs), capture_output=True, text=True, timeout=timeout,
+                              cwd=REPO, env=self.env)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    def kill_after_checkpoint(self, out: Path, *argv: str, min_step: int, timeout: float = 300) -> int:
+        """Start a 2-rank training, SIGKILL its whole process group once ``out`` holds a resume
+        checkpoint at step >= ``min_step``; returns that checkpoint's step."""
+        from retriever.checkpoint import resume_dir, resume_progress
+
+        proc = subprocess.Popen(self.command(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
+                                env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                progress = resume_progress(out) if resume_dir(out).exists() else None
+                if progress and progress["global_step"] >= min_step:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(30)
+                    return int(progress["global_step"])
+                if proc.poll() is not None:
+                    pytest.fail(f"torchrun ended ({proc.returncode}) before a checkpoint at step {min_step}: "
+                                f"{proc.stderr.read()[-3000:]}")
+                time.sleep(0.02)
+            pytest.fail(f"no checkpoint at step {min_step} within {timeout} s")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+
+
+@pytest.fixture()
+def torchrun() -> TorchRun:
+    return TorchRun()

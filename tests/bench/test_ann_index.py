@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.ann_index import build_synthetic_index
 from bench.synthetic import synthetic_passages
@@ -48,3 +49,41 @@ def test_bench_ann_small_run_writes_table_the_planner_reads(tmp_path: Path) -> N
     assert "| ivfpq |" in (tmp_path / "ann" / "ann.md").read_text()
     plan = plan_index(3000, 384, ram_gb=1, table=load_table(table))
     assert plan["recommendation"]["type"] == "flat" and plan["recommendation"]["timing"].startswith("measured")
+
+
+def test_bench_ann_measures_several_hnsw_graphs_without_ivf(tmp_path: Path) -> None:
+    from bench.ann import main
+
+    assert main(["--n", "2000", "--queries", "16", "--no-ivf", "--no-flat", "--hnsw", "8,32;16,40",
+                 "--ef-search", "16,64", "--reps", "3", "--out", str(tmp_path / "ann")]) == 0
+    rows = json.loads((tmp_path / "ann" / "ann.json").read_text())["rows"]
+    assert {r["type"] for r in rows} == {"hnsw"}
+    assert sorted((r["params"]["M"], r["params"]["efConstruction"], r["params"]["efSearch"]) for r in rows) == [
+        (8, 32, 16), (8, 32, 64), (16, 40, 16), (16, 40, 64)]
+    for m in (8, 16):
+        low, high = (next(r for r in rows if r["params"]["M"] == m and r["params"]["efSearch"] == ef)
+                     for ef in (16, 64))
+        assert high["recall_at_10"] >= low["recall_at_10"]
+    with pytest.raises(ValueError, match="M,efConstruction pairs"):
+        main(["--n", "100", "--hnsw", "8", "--out", str(tmp_path / "bad")])
+
+
+def test_combine_keeps_first_rows_and_each_rows_own_command(tmp_path: Path) -> None:
+    from bench.ann import combine
+
+    def row(kind: str, n: int, recall: float, run: str | None = None) -> dict:
+        r = {"data": "synthetic 384-d", "n": n, "type": kind, "params": {"nprobe": 16}, "recall_at_10": recall}
+        return {**r, "run": run} if run else r
+
+    new = {"command": "dpr bench ann --n 1000000 (quiet)", "date": "2026-12-01T13:00:00+00:00", "machine": {},
+           "rows": [row("ivfflat", 1_000_000, 0.99)]}
+    old = {"command": "a && b", "date": "2026-11-25T20:00:00+00:00", "machine": {},
+           "rows": [row("ivfflat", 1_000_000, 0.98, run="a"), row("ivfpq", 1_000_000, 0.9, run="b")]}
+    paths = []
+    for name, table in (("new.json", new), ("old.json", old)):
+        (tmp_path / name).write_text(json.dumps(table))
+        paths.append(tmp_path / name)
+    table = combine(paths)
+    assert [(r["type"], r["recall_at_10"], r["run"]) for r in table["rows"]] == [
+        ("ivfflat", 0.99, "dpr bench ann --n 1000000 (quiet)"), ("ivfpq", 0.9, "b")]
+    assert table["date"] == "2026-12-01T13:00:00+00:00"

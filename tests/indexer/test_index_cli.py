@@ -44,3 +44,12 @@ def test_dpr_index_reports_bad_kb_and_exits_2(tiny_base: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert f"{bad}:2: 'text' must be a string" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["index", "merge", "--shards", "s0", "s1", "--out", "x"],
+                                  ["index", "--shard", "0/2", "--model", "m", "--kb", "kb.jsonl", "--out", "x"]])
+def test_merge_and_shard_refuse_to_run_under_torchrun(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(argv) == 2
+    assert "not under torchrun (WORLD_SIZE=2)" in capsys.readouterr().err

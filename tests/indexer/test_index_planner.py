@@ -73,3 +73,29 @@ def test_cli_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert plan["count"] == 21_000_000 and plan["recommendation"]["memory_gb"] <= 32
     assert main(["index", "plan", "--dim", "768"]) == 2
     assert "needs --count" in capsys.readouterr().err
+
+
+def test_hnsw_graphs_measured_at_a_smaller_size_are_offered_only_up_to_it() -> None:
+    table = {**TABLE, "rows": [
+        _row("flat-faiss", {}, 1.0, 1536, 120.0),
+        _row("hnsw", {"M": 16, "efConstruction": 80, "efSearch": 128}, 0.885, 1676, 0.5),
+        _row("hnsw", {"M": 32, "efConstruction": 128, "efSearch": 256}, 0.99, 1800, 0.7, n=50_000),
+        _row("hnsw", {"M": 32, "efConstruction": 128, "efSearch": 64}, 0.90, 1800, 0.3, n=200_000),
+        _row("hnsw", {"M": 32, "efConstruction": 128, "efSearch": 256}, 0.97, 1800, 0.8, n=200_000),
+        _row("ivfflat", {"nlist": 4096, "nprobe": 32}, 0.96, 1544, 2.0)]}
+    small = plan_index(150_000, 384, target_recall=0.95, table=table)
+    m32 = [c for c in small["candidates"] if c["type"] == "hnsw" and c["params"]["M"] == 32]
+    assert {c["recall_at_10"] for c in m32} == {0.90, 0.97}
+    assert all("fewer vectors recall at least as well" in c["recall"] for c in m32)
+    assert not any(n.startswith("hnsw:") for n in small["notes"])
+
+    big = plan_index(500_000, 384, ram_gb=100, target_recall=0.95, table=table)
+    m32 = [c for c in big["candidates"] if c["type"] == "hnsw" and c["params"]["M"] == 32]
+    assert m32 and all(c["recall_at_10"] is None and "not known above the 200,000" in c["recall"] for c in m32)
+    m16 = [c for c in big["candidates"] if c["type"] == "hnsw" and c["params"]["M"] == 16]
+    assert m16[0]["recall_at_10"] == 0.885                      # measured at 1M, more than 500k: it stands
+    assert big["recommendation"]["type"] != "hnsw"
+    note = next(n for n in big["notes"] if n.startswith("hnsw:"))
+    assert "M=32 efSearch=256 reaches recall@10 0.97 at 200,000" in note and "not known" in note
+    assert "(M=32 efSearch=256: 0.99 at 50,000, 0.97 at 200,000)" in note and "extrapolated" in note
+    assert "--n 500000 --no-ivf --hnsw 32,128 --ef-search 256" in note
