@@ -15,7 +15,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from indexer.manifest import (
 from indexer.shards import DEFAULT_CHUNK, ShardSpec, chunk_source, embed_rows, make_header, prepare_work_dir
 from indexer.sources import ArraySource, VectorSource, as_source, write_npy
 from indexer.store import write_store
+from indexer.vectors import FileVectors
 from retriever.encoder import DualEncoder, model_ref
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,13 @@ def content_hash(passage: Passage) -> str:
     return hashlib.sha1(f"{passage.title}\n{passage.text}".encode("utf-8")).hexdigest()
 
 
-def load_cached_vectors(out_dir: Path, description: dict[str, Any]) -> dict[str, np.ndarray]:
+def load_cached_vectors(out_dir: Path, description: dict[str, Any],
+                        wanted: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """Vectors of the build ``out_dir`` serves, by content hash, if its encoder matches; else ``{}``.
 
-    A missing, foreign or damaged previous index only means no reuse; the build goes on.
+    ``wanted``: only these content hashes (a rank's slice), read row by row, so a rank of a large
+    rebuild holds its own share of the previous vectors rather than all of them. A missing, foreign
+    or damaged previous index only means no reuse; the build goes on.
     """
     build = _previous_build(out_dir)
     if build is None:
@@ -78,18 +82,21 @@ def load_cached_vectors(out_dir: Path, description: dict[str, Any]) -> dict[str,
         if diffs:
             logger.info("not reusing embeddings from %s: encoder differs in %s", build, [d[0] for d in diffs])
             return {}
-        vectors = np.load(build / EMBEDDINGS_FILE, allow_pickle=False)
+        n = manifest["count"]
         hashes = np.load(build / HASHES_FILE, allow_pickle=False)
-    except (ValueError, OSError) as e:
+        if hashes.dtype != HASH_DTYPE or hashes.shape != (n,):
+            raise ValueError(f"{HASHES_FILE} does not match its manifest")
+        keys = [h.decode("ascii") for h in hashes.tolist()]
+        rows = np.arange(n) if wanted is None else np.array([i for i, h in enumerate(keys) if h in wanted], dtype=int)
+        file = FileVectors(build / EMBEDDINGS_FILE, n, int(description["dim"]))
+        try:
+            vectors = file.rows(rows)
+        finally:
+            file.close()
+    except (ValueError, OSError, KeyError, IndexLoadError) as e:
         logger.warning("not reusing embeddings from %s: %s", build, e)
         return {}
-    n = manifest["count"]
-    if (vectors.dtype != np.float32 or vectors.shape != (n, description["dim"])
-            or hashes.dtype != HASH_DTYPE or hashes.shape != (n,)):
-        logger.warning("not reusing embeddings from %s: %s/%s do not match its manifest",
-                       build, EMBEDDINGS_FILE, HASHES_FILE)
-        return {}
-    return {h.decode("ascii"): vectors[i] for i, h in enumerate(hashes.tolist())}
+    return {keys[i]: vectors[j] for j, i in enumerate(rows.tolist())}
 
 
 def _previous_build(out_dir: Path) -> Path | None:
@@ -269,12 +276,13 @@ def embed_shard(
     chunk_size: int = DEFAULT_CHUNK,
     batch_size: int = 64,
     progress: bool = True,
-    cache: dict[str, np.ndarray] | None = None,
+    reuse_from: str | Path | None = None,
     private: bool = False,
 ) -> dict[str, Any]:
     """Embed shard ``spec`` (contiguous KB rows) into the shard directory ``out_dir``; resumable.
 
-    ``cache``: vectors by content hash to reuse (a previous build's). ``private``: ``out_dir`` is a
+    ``reuse_from``: an index directory whose served build's vectors are reused for this shard's
+    passages where the content hash and the encoder match. ``private``: ``out_dir`` is a
     work directory of ours (torchrun builds), so unfinished work for other inputs is discarded
     rather than refused. Returns the stats of :func:`indexer.shards.embed_rows` plus ``rows``.
     ``dpr index merge`` turns the N shard directories into an index.
@@ -289,5 +297,7 @@ def embed_shard(
     prepare_work_dir(out_dir, header, reset_on_mismatch=private)
     start, stop = header["rows"]
     hashes = [""] * start + [content_hash(p) for p in passages[start:stop]] + [""] * (len(passages) - stop)
+    cache = (load_cached_vectors(Path(reuse_from), encoder.describe(), wanted=set(hashes[start:stop]))
+             if reuse_from is not None else None)
     stats = embed_rows(encoder, passages, hashes, out_dir, header, cache, batch_size, progress)
     return {**stats, "rows": [start, stop]}

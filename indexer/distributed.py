@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from indexer.build import default_work_dir, embed_shard, load_cached_vectors
+from indexer.build import default_work_dir, embed_shard
 from indexer.builds import DEFAULT_KEEP
 from indexer.config import IndexConfig
 from indexer.merge import merge_shards
@@ -88,10 +88,8 @@ def build_index_distributed(encoder: Any, kb_paths: Sequence[str | Path], out_di
     spec = ShardSpec(ranks.rank, ranks.world)
     device = place_on_local_gpu(encoder, ranks.local_rank) if local_gpu else "cpu"
     logger.info("rank %d/%d embeds its slice on %s into %s", ranks.rank, ranks.world, device, shard_dir(work, spec))
-    cache = load_cached_vectors(out_dir, encoder.describe()) if out_dir.exists() else {}
     stats = embed_shard(encoder, kb_paths, shard_dir(work, spec), spec, model_dir=model_dir, chunk_size=chunk_size,
-                        batch_size=config.batch_size, progress=progress, cache=cache, private=True)
-    del cache
+                        batch_size=config.batch_size, progress=progress, reuse_from=out_dir, private=True)
     (barrier or _torch_barrier(ranks))()
     if ranks.rank != 0:
         return stats

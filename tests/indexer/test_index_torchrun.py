@@ -42,3 +42,22 @@ def test_torchrun_index_equals_one_process_and_resumes_a_finished_rank(saved_mod
         np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
         assert a.manifest["build"]["merged_shards"] == 2 and a.manifest["build"]["streaming"] is True
     assert current_build(out).name.startswith("000001-")
+
+
+def test_a_rank_reuses_its_slice_of_the_served_build_and_loads_only_that(saved_model: Path, make_kb,
+                                                                         tmp_path: Path) -> None:
+    from common.data import load_corpus
+    from indexer.build import content_hash, load_cached_vectors
+
+    kb = make_kb("kb80.jsonl", 0, 80)
+    encoder = load_encoder(saved_model)
+    out = build_index(encoder, [kb], tmp_path / "idx", model_dir=str(saved_model), progress=False, chunk_size=16)
+    stats = build_index_distributed(encoder, [kb], out, model_dir=str(saved_model), ranks=Ranks(1, 2, 0),
+                                    chunk_size=16, progress=False, barrier=lambda: None)
+    assert (stats["reused"], stats["embedded"], stats["rows"]) == (40, 0, [40, 80])
+    passages = load_corpus([kb])
+    wanted = {content_hash(passages[50])}
+    cached = load_cached_vectors(out, encoder.describe(), wanted=wanted)
+    assert set(cached) == wanted
+    with SearchIndex.open(out) as index:
+        np.testing.assert_array_equal(cached[content_hash(passages[50])], index.embeddings[50])
