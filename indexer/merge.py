@@ -26,7 +26,7 @@ from indexer.builds import DEFAULT_KEEP
 from indexer.config import IndexConfig
 from indexer.errors import ShardError
 from indexer.manifest import encoder_differences, kb_sources
-from indexer.shards import SHARD_FILE, ShardData, ShardSpec, read_shard
+from indexer.shards import SHARD_FILE, ShardData, ShardSpec, read_shard, shards_source
 from indexer.sources import ChunkSource
 
 logger = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path, config: 
                                  "(or its content changed)")
         parts.append(data)
     if streaming:
-        vectors: np.ndarray | ChunkSource = ChunkSource([c for p in parts for c in p.chunks],
-                                                        int(header["model"]["dim"]), header["dtype"])
+        vectors: np.ndarray | ChunkSource = shards_source(parts)
     else:
         vectors = np.concatenate([p.vectors for p in parts])
     hashes = [h for p in parts for h in p.hashes]

@@ -243,7 +243,11 @@ def read_shard(work_dir: str | Path, verify: bool = True) -> ShardData:
 
 def chunk_source(shard_dirs: Sequence[str | Path], verify: bool = False) -> ChunkSource:
     """The vectors of shard directories that together cover rows 0..n-1, in order, read chunk by chunk."""
-    shards = [read_shard(d, verify=verify) for d in shard_dirs]
+    return shards_source([read_shard(d, verify=verify) for d in shard_dirs])
+
+
+def shards_source(shards: Sequence[ShardData]) -> ChunkSource:
+    """The vectors of read shards that together cover rows 0..n-1, in order, read chunk by chunk."""
     if not shards:
         raise ShardError("no shard directories given")
     dtypes = {s.header["dtype"] for s in shards}

@@ -112,12 +112,12 @@ def as_source(vectors: np.ndarray | VectorSource) -> VectorSource:
 
 
 def write_npy(path: Path, source: VectorSource) -> None:
-    """``embeddings.npy`` written chunk by chunk (a plain C-order float32 ``.npy``, no pickle)."""
+    """``embeddings.npy`` written chunk by chunk (a plain C-order float32 ``.npy``, no pickle). The
+    caller has checked the vectors are finite (:func:`indexer.build.build_index_from_vectors` does,
+    before anything is written)."""
     with open(path, "wb") as f:
         _write_header(f, source.count, source.dim)
         for block in source.chunks():
-            if not np.isfinite(block).all():
-                raise RuntimeError("non-finite passage embeddings (NaN or inf); index not written")
             f.write(np.ascontiguousarray(block, dtype=_F32).tobytes())
 
 
