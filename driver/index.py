@@ -156,19 +156,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--dtype applies to --shard only (an index stores float32 vectors)")
     if world > 1:
         # Under torchrun: this rank embeds its slice; rank 0 merges and publishes (indexer/distributed.py).
-        from indexer.distributed import Ranks, build_index_distributed
+        from indexer.distributed import build_index_distributed
 
-        ranks = Ranks.from_env()
         result = build_index_distributed(encoder, args.kb, args.out, config, model_dir=model_ref(args.model),
-                                         ranks=ranks, work_dir=args.work_dir, chunk_size=chunk,
-                                         bm25=not args.no_bm25, keep_builds=args.keep_builds,
-                                         progress=not args.no_progress,
+                                         work_dir=args.work_dir, chunk_size=chunk, bm25=not args.no_bm25,
+                                         keep_builds=args.keep_builds, progress=not args.no_progress,
                                          local_gpu=args.runtime == "torch" and args.quantize == "none")
-        if ranks.rank == 0:
+        if result["rank"] == 0:
             _summary(result["out"])
         else:
-            print(f"rank {ranks.rank}/{ranks.world}: rows {result['rows'][0]}-{result['rows'][1] - 1} embedded "
-                  f"({result['embedded']} embedded, {result['resumed']} resumed, {result['reused']} reused)")
+            print(f"rank {result['rank']}/{result['world']}: rows {result['rows'][0]}-{result['rows'][1] - 1} "
+                  f"embedded ({result['embedded']} embedded, {result['resumed']} resumed, {result['reused']} reused)")
         return 0
     out = build_index(encoder, args.kb, args.out, config, model_dir=model_ref(args.model),
                       progress=not args.no_progress, bm25=not args.no_bm25, work_dir=args.work_dir,

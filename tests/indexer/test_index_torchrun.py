@@ -10,8 +10,9 @@ import pytest
 
 from indexer import SearchIndex, build_index
 from indexer.builds import current_build
-from indexer.distributed import Ranks, build_index_distributed, shard_dir
+from indexer.distributed import build_index_distributed, shard_dir
 from indexer.shards import ShardSpec
+from retriever.distributed import DistContext
 from retriever.encoder import load_encoder
 
 
@@ -30,7 +31,7 @@ def test_torchrun_index_equals_one_process_and_resumes_a_finished_rank(saved_mod
         raise Crash("killed at the barrier")
     with pytest.raises(Crash):
         build_index_distributed(load_encoder(saved_model), [kb], out, model_dir=str(saved_model),
-                                ranks=Ranks(1, 2, 0), chunk_size=16, progress=False, barrier=die)
+                                ctx=DistContext(rank=1, world_size=2), chunk_size=16, progress=False, barrier=die)
     assert json.loads((shard_dir(tmp_path / "multi.work", ShardSpec(1, 2)) / "shard.json").read_text())["complete"]
 
     done = torchrun.launch("index", "--model", str(saved_model), "--kb", str(kb), "--out", str(out),
@@ -52,9 +53,10 @@ def test_a_rank_reuses_its_slice_of_the_served_build_and_loads_only_that(saved_m
     kb = make_kb("kb80.jsonl", 0, 80)
     encoder = load_encoder(saved_model)
     out = build_index(encoder, [kb], tmp_path / "idx", model_dir=str(saved_model), progress=False, chunk_size=16)
-    stats = build_index_distributed(encoder, [kb], out, model_dir=str(saved_model), ranks=Ranks(1, 2, 0),
+    stats = build_index_distributed(encoder, [kb], out, model_dir=str(saved_model), ctx=DistContext(rank=1, world_size=2),
                                     chunk_size=16, progress=False, barrier=lambda: None)
     assert (stats["reused"], stats["embedded"], stats["rows"]) == (40, 0, [40, 80])
+    assert (stats["rank"], stats["world"]) == (1, 2)
     passages = load_corpus([kb])
     wanted = {content_hash(passages[50])}
     cached = load_cached_vectors(out, encoder.describe(), wanted=wanted)
