@@ -34,34 +34,29 @@ def write_shards(root: Path, kb: Path, n_shards: int, dim: int, chunk_size: int 
     """Shard directories over ``kb`` holding unit-norm random vectors, as if ``n_shards`` machines
     had embedded it with a model described by ``model`` (default: a stand-in description)."""
     from common.data import load_corpus
-    from common.files import atomic_write, file_sha256, write_json
     from indexer.build import content_hash
     from indexer.manifest import kb_sources
-    from indexer.shards import SHARD_FILE, ShardSpec, chunk_name, make_header
+    from indexer.shards import ShardSpec, finish_shard, make_header, write_chunk
 
     passages = load_corpus([kb])
+    hashes = [content_hash(p) for p in passages]
     sources = kb_sources([kb])
     model = model or {"encoder": {"base_model": "synthetic", "pooling": "mean", "similarity": "cos"}, "dim": dim,
                       "normalize": True, "weights_sha256": "synthetic", "architecture": "none"}
     rng = np.random.default_rng(seed)
     dirs = []
     for i in range(n_shards):
-        spec = ShardSpec(i, n_shards)
         out = root / f"shard-{i}"
         out.mkdir(parents=True, exist_ok=True)
-        header = make_header(model, "synthetic", sources, spec, len(passages), "float32", chunk_size)
+        header = make_header(model, "synthetic", sources, ShardSpec(i, n_shards), len(passages), "float32",
+                             chunk_size)
         start, stop = header["rows"]
         for j, a in enumerate(range(start, stop, chunk_size)):
             b = min(stop, a + chunk_size)
             vectors = rng.standard_normal((b - a, dim), dtype=np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            npy = out / chunk_name(j, "npy")
-            atomic_write(npy, lambda f, v=vectors: np.save(f, v, allow_pickle=False))
-            write_json(out / chunk_name(j, "json"), {
-                "rows": [a, b], "count": b - a, "dtype": "float32", "dim": dim, "model": model,
-                "sha256": file_sha256(npy), "ids": [p.pid for p in passages[a:b]],
-                "hashes": [content_hash(p) for p in passages[a:b]]})
-        write_json(out / SHARD_FILE, {**header, "complete": True, "chunks": len(range(start, stop, chunk_size))})
+            write_chunk(out, j, header, vectors, passages[a:b], hashes[a:b], a)
+        finish_shard(out, header)
         dirs.append(out)
     return dirs
 

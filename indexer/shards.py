@@ -132,6 +132,28 @@ def _usable_chunk(work_dir: Path, j: int, header: dict[str, Any], start: int,
     return meta
 
 
+def write_chunk(work_dir: Path, j: int, header: dict[str, Any], vectors: np.ndarray, passages: Sequence[Passage],
+                hashes: Sequence[str], first_row: int) -> None:
+    """Chunk ``j`` of ``work_dir``: ``vectors`` (float32 [rows, dim], stored as the header's dtype) for KB
+    rows ``first_row ..`` holding ``passages`` with content ``hashes``."""
+    dtype = np.dtype(header["dtype"])
+    npy = work_dir / chunk_name(j, "npy")
+    _save_npy(npy, vectors.astype(dtype, copy=False))
+    # Written after the vectors: a chunk with a JSON is a finished chunk.
+    write_json(work_dir / chunk_name(j, "json"), {
+        "rows": [first_row, first_row + len(vectors)], "count": len(vectors), "dtype": dtype.name,
+        "dim": int(vectors.shape[1]), "model": header["model"], "sha256": file_sha256(npy),
+        "ids": [p.pid for p in passages], "hashes": list(hashes),
+    })
+
+
+def finish_shard(work_dir: Path, header: dict[str, Any]) -> None:
+    """Mark ``work_dir`` complete: every chunk of its rows is written."""
+    start, stop = header["rows"]
+    write_json(work_dir / SHARD_FILE, {**header, "complete": True,
+                                       "chunks": len(range(start, stop, header["chunk_size"]))})
+
+
 def embed_rows(encoder: DualEncoder, passages: Sequence[Passage], hashes: Sequence[str], work_dir: Path,
                header: dict[str, Any], cache: dict[str, np.ndarray] | None = None, batch_size: int = 64,
                progress: bool = True) -> dict[str, Any]:
@@ -143,7 +165,7 @@ def embed_rows(encoder: DualEncoder, passages: Sequence[Passage], hashes: Sequen
     import time
 
     start, stop = header["rows"]
-    size, dtype = header["chunk_size"], np.dtype(header["dtype"])
+    size = header["chunk_size"]
     cache = cache or {}
     stats = {"reused": 0, "resumed": 0, "embedded": 0}
     seconds = 0.0
@@ -170,17 +192,11 @@ def embed_rows(encoder: DualEncoder, passages: Sequence[Passage], hashes: Sequen
         seconds += time.perf_counter() - began
         if not np.isfinite(vectors).all():
             raise RuntimeError("the encoder produced non-finite passage embeddings (NaN or inf); index not written")
-        npy = work_dir / chunk_name(j, "npy")
-        _save_npy(npy, vectors.astype(dtype, copy=False))
-        # Written after the vectors: a chunk with a JSON is a finished chunk.
-        write_json(work_dir / chunk_name(j, "json"), {
-            "rows": [a, b], "count": b - a, "dtype": dtype.name, "dim": encoder.dim, "model": header["model"],
-            "sha256": file_sha256(npy), "ids": [p.pid for p in passages[a:b]], "hashes": list(hashes[a:b]),
-        })
+        write_chunk(work_dir, j, header, vectors, passages[a:b], hashes[a:b], a)
         stats["embedded"] += len(todo)
         stats["reused"] += b - a - len(todo)
         logger.info("chunk %d/%d written (rows %d-%d)", j + 1, len(bounds), a, b - 1)
-    write_json(work_dir / SHARD_FILE, {**header, "complete": True, "chunks": len(bounds)})
+    finish_shard(work_dir, header)
     stats["embed_seconds"] = round(seconds, 3)
     stats["passages_per_s"] = round(stats["embedded"] / seconds, 1) if stats["embedded"] and seconds > 0 else None
     logger.info("embeddings: %d reused from the previous index, %d resumed from chunks, %d embedded in %.1fs",
