@@ -56,15 +56,22 @@ def memory_bytes(index_type: str, count: int, dim: int, **p: Any) -> float:
     raise ValueError(f"unknown index type {index_type!r}")
 
 
-def _measured_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
-    """The synthetic rows the planner extrapolates from: per index type the rows measured at the
-    largest size, and for HNSW per (M, efConstruction) graph, since bigger graphs cost more to build
-    and were measured at smaller sizes."""
-    rows = [r for r in table.get("rows", []) if str(r.get("data", "")).startswith("synthetic")]
+def _synthetic_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in table.get("rows", []) if str(r.get("data", "")).startswith("synthetic")]
+
+
+def _at_largest_size(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per index type the rows measured at the largest size, and for HNSW per (M, efConstruction)
+    graph, since bigger graphs cost more to build and were measured at smaller sizes."""
     largest: dict[tuple[str, ...], int] = {}
     for r in rows:
         largest[_family(r)] = max(largest.get(_family(r), 0), r["n"])
     return [r for r in rows if r["n"] == largest[_family(r)]]
+
+
+def _measured_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The synthetic rows the planner extrapolates from (see :func:`_at_largest_size`)."""
+    return _at_largest_size(_synthetic_rows(table))
 
 
 def _family(row: dict[str, Any]) -> tuple[str, ...]:
@@ -179,9 +186,7 @@ def plan_index(count: int, dim: int, ram_gb: float | None = None, target_recall:
     if choice is not None and choice["type"] in ("ivfpq",):
         notes.append(f"ivfpq re-scores its candidates on the float vectors (embeddings.npy, "
                      f"{count * dim * 4 / GB:.1f} GB on disk, read per query): fast disk or page cache needed")
-    synthetic_hnsw = [r for r in table.get("rows", [])
-                      if r["type"] == "hnsw" and str(r.get("data", "")).startswith("synthetic")]
-    hnsw_note = _hnsw_note(synthetic_hnsw, count, dim, target_recall)
+    hnsw_note = _hnsw_note([r for r in _synthetic_rows(table) if r["type"] == "hnsw"], count, dim, target_recall)
     if hnsw_note is not None:
         notes.append(hnsw_note)
     best_of = {}
@@ -194,11 +199,7 @@ def plan_index(count: int, dim: int, ram_gb: float | None = None, target_recall:
 
 def _hnsw_note(rows: list[dict[str, Any]], count: int, dim: int, target_recall: float) -> str | None:
     """Why HNSW is not offered where only smaller graphs reached the target, with what was measured."""
-    largest: dict[tuple[str, ...], int] = {}
-    for r in rows:
-        largest[_family(r)] = max(largest.get(_family(r), 0), r["n"])
-    reached = [r for r in rows if r["recall_at_10"] >= target_recall and r["n"] < count
-               and r["n"] == largest[_family(r)]]
+    reached = [r for r in _at_largest_size(rows) if r["recall_at_10"] >= target_recall and r["n"] < count]
     if not reached:
         return None
     best = min(reached, key=lambda r: r["p50_ms"])
