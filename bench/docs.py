@@ -1,12 +1,12 @@
 """The README's result tables, ``docs/benchmarks.md`` and ``docs/scaling.md``'s, generated from the
 benchmark JSON in ``docs/results/`` so a figure in the docs can never drift from the run that produced it.
 
-    python -m bench.docs            # rewrite the generated blocks of README.md, docs/benchmarks.md, docs/scaling.md
+    python -m bench.docs            # rewrite the generated blocks of README.md and docs/*.md
     python -m bench.docs --check    # exit 1 if one is out of date (a test runs this)
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each one
 ends with the command and the date of the run it shows. To publish a new run, copy its JSON to
-``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``) and run this.
+``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``) and run this.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ RESULTS = REPO / "docs" / "results"
 README = REPO / "README.md"
 BENCHMARKS = REPO / "docs" / "benchmarks.md"
 SCALING = REPO / "docs" / "scaling.md"
+SERVING = REPO / "docs" / "serving.md"
+DOCUMENTS = REPO / "docs" / "documents.md"
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
@@ -144,6 +146,44 @@ def merge_block(report: dict[str, Any] | None) -> str:
             "corpus loaded). " + _run_line(report, "dpr bench merge") + "\n")
 
 
+def live_block(report: dict[str, Any] | None) -> str:
+    """Live documents on the real KB: upsert rates, search with a live segment vs compacted, filters."""
+    if report is None:
+        return "No live-documents run published yet.\n"
+    r = report["real_kb"]
+    up, lat, mem = r["upserts"], r["latency"], r["memory"]
+    share = round(100 * r["live_share"])
+    lines = ["| what | figure |", "|---|---|",
+             f"| upsert, one document per call (one fsync each) | {up['single']['docs_per_s']} docs/s |",
+             f"| upsert, batches of 64 documents (`dpr kb upsert`) | {up['batched']['docs_per_s']} docs/s |"]
+    names = {"dense": "dense search", "bm25": "BM25 search", "hybrid": "hybrid search",
+             "dense+encode": "dense, query encoding included"}
+    for mode, row in lat.items():
+        lines.append(f"| {names.get(mode, mode)}, p50: {share}% live vs compacted | {row['live_p50_ms']} vs "
+                     f"{row['compacted_p50_ms']} ms ({row['ratio']:.2f}x) |")
+    for name, row in r["filters"].items():
+        if isinstance(row, dict):
+            lines.append(f"| dense search keeping {100 * row['share']:.1f}% of passages vs unfiltered, p50 | "
+                         f"{row['p50_ms']} vs {r['filters']['unfiltered_p50_ms']} ms ({row['ratio']:.2f}x) |")
+    lines.append(f"| memory per live passage (applied log, MiniLM 384-d) | {mem['bytes_per_live_passage']:,} bytes; "
+                 f"{up['log_bytes_per_passage']:,} bytes of log on disk |")
+    return ("\n".join(lines) + f"\n\n{r['kb_documents']} documents (one passage each), {r['live_documents']} of them "
+            f"upserted live; search times are the search alone (query vectors computed first) unless said, k=10. "
+            + _run_line(report, "dpr bench live") + "\n")
+
+
+def live_details(report: dict[str, Any] | None) -> str:
+    """Filters at scale: synthetic vectors, flat and HNSW, p50 and recall@10 against exact filtered search."""
+    if report is None or not report.get("synthetic"):
+        return "No synthetic filter run published yet.\n"
+    lines = ["| index | vectors | filter keeps | p50 ms | unfiltered p50 ms | ratio | recall@10 vs exact filtered |",
+             "|---|---|---|---|---|---|---|"]
+    for row in report["synthetic"]["rows"]:
+        lines.append(f"| {row['index_type']} | {row['count']:,} | {100 * row['share']:.1f}% | {row['p50_ms']} | "
+                     f"{row['unfiltered_p50_ms']} | {row['ratio']:.2f} | {row['recall_at_10']:.3f} |")
+    return "\n".join(lines) + "\n\n" + _run_line(report, "dpr bench live") + "\n"
+
+
 def reliability_details(report: dict[str, Any] | None) -> str:
     if report is None:
         return ""
@@ -170,7 +210,12 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "reliability-details": lambda: reliability_details(_load("reliability")),
     "merge": lambda: merge_block(_load("merge")),
     "speed-details": lambda: speed_details(_load("speed")),
+    "live": lambda: live_block(_load("live")),
+    "live-details": lambda: live_details(_load("live")),
 }
+
+
+DOCS = (README, BENCHMARKS, SCALING, SERVING, DOCUMENTS)
 
 
 def render(text: str) -> str:
@@ -188,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if a file is out of date")
     args = parser.parse_args(argv)
     stale = []
-    for path in (README, BENCHMARKS, SCALING):
+    for path in DOCS:
         text = path.read_text(encoding="utf-8")
         fresh = render(text)
         if fresh != text:

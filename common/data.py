@@ -29,9 +29,23 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Passage:
+    """A unit of retrieval. ``doc_id``, ``start``/``end`` (character offsets into the document's text)
+    and ``metadata`` are set for passages cut from documents (``dpr index --chunk``); a passage that
+    is its own document has ``doc_id`` empty (see :attr:`doc`)."""
+
     pid: str
     title: str
     text: str
+    doc_id: str = ""
+    start: int | None = None
+    end: int | None = None
+    # Not part of equality or the hash: two records of the same passage are the same passage.
+    metadata: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def doc(self) -> str:
+        """The document this passage belongs to (its own id when it was not cut from one)."""
+        return self.doc_id or self.pid
 
 
 @dataclass(frozen=True)
@@ -279,7 +293,13 @@ def _corpus_record(record: Any, where: str) -> Passage:
     text = _str_field(record, "text", where)
     if not text.strip():
         raise DataError(f"{where}: passage {pid!r} has no text")
-    return Passage(pid=str(pid), title=_str_field(record, "title", where, required=False), text=text)
+    metadata = None
+    if record.get("metadata") is not None:
+        from common.documents import check_metadata  # documents imports this module
+
+        metadata = check_metadata(record["metadata"], where)
+    return Passage(pid=str(pid), title=_str_field(record, "title", where, required=False), text=text,
+                   metadata=metadata)
 
 
 def _iter_corpus(path: Path) -> Iterator[tuple[str, Passage]]:

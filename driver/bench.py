@@ -21,6 +21,8 @@ BENCHES = {
     "ann": ("bench.ann", "ANN index types at scale: recall@10 vs exact, memory, build time, latency, q/s; writes "
                          "the index planner's table"),
     "merge": ("bench.merge_memory", "peak memory of `dpr index merge` over synthetic shards: streaming vs in-memory"),
+    "live": ("bench.live", "documents written while serving: upsert throughput, search with a live segment (a tenth of "
+                           "the KB) vs compacted, filtered vs unfiltered search, memory per live passage"),
     "latency": ("bench.latency", "sequential HTTP latency of `dpr serve` on an index, split by Server-Timing"),
     "json": ("bench.json_encoding", "response serialisation of a k=100 answer: FastAPI's default vs orjson"),
 }

@@ -4,7 +4,9 @@
 ``dpr index --shard I/N --model M --kb KB --out SHARD_DIR`` embeds one of N shards;
 ``dpr index merge --shards DIR... --out DIR`` assembles the shards into an index;
 ``dpr index plan --count N --dim D --ram-gb X`` recommends an index type;
-``dpr index rollback DIR`` makes the build before DIR's current one current again.
+``dpr index rollback DIR`` makes the build before DIR's current one current again;
+``dpr index compact DIR`` folds the live segment (``dpr kb``, ``PUT /documents``) into a new build.
+``--chunk words:100`` reads the KB as documents and cuts them into passages.
 Under ``torchrun`` (``WORLD_SIZE > 1``) a build is shared out: each rank embeds its slice and rank 0
 merges and publishes (:mod:`indexer.distributed`).
 """
@@ -19,14 +21,15 @@ from indexer.builds import DEFAULT_KEEP
 from indexer.config import IndexConfig
 from indexer.shards import DEFAULT_CHUNK
 
-ACTIONS = ("build", "merge", "plan", "rollback")
+ACTIONS = ("build", "merge", "plan", "rollback", "compact")
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: object = ()) -> None:
     parser.add_argument("action", nargs="?", choices=ACTIONS, default="build",
                         help="build (default): embed and index; merge: assemble shards; plan: recommend an index; "
-                             "rollback: serve the previous build of DIR (then reload the server)")
-    parser.add_argument("dir", nargs="?", metavar="DIR", help="rollback: the index directory")
+                             "rollback: serve the previous build of DIR (then reload the server); compact: fold "
+                             "DIR's live document writes into a new build")
+    parser.add_argument("dir", nargs="?", metavar="DIR", help="rollback, compact: the index directory")
     parser.add_argument("--model", help="a saved dual-encoder directory, or a base model name/alias such as 'minilm'")
     parser.add_argument("--kb", action="append", metavar="PATH",
                         help="knowledge base: JSONL (id/_id,title,text), a BEIR folder, or nq_oracle JSON "
@@ -34,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser, argv: object = ()) -> None:
                              "machine (default: the paths the shards recorded)")
     parser.add_argument("--out", help="index directory: each build is a new snapshot under DIR/builds/, and "
                                       "DIR/current switches to it atomically; with --shard, the shard directory")
+    parser.add_argument("--chunk", metavar="SPEC", default=None,
+                        help="the KB holds documents ({id, title, text, metadata}): cut each into passages of "
+                             "words:N (or words:N:STRIDE to overlap; tokens:N[:STRIDE] in model tokens), keeping "
+                             "doc_id, character offsets and metadata. Default: records are passages")
+    parser.add_argument("--reload-url", metavar="URL", default=None,
+                        help="compact: then POST URL/admin/reload (token from DPR_ADMIN_TOKEN) so the server swaps in "
+                             "the new build")
     parser.add_argument("--keep-builds", type=int, default=DEFAULT_KEEP,
                         help="builds kept under DIR/builds/ for rollback, the new one included; older ones "
                              "no server has open are deleted (default %(default)s)")
@@ -108,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(b.name for b in list_builds(target))}. A running server serves it after "
               "POST /admin/reload (or use POST /admin/rollback instead of this command)")
         return 0
+    if args.action == "compact":
+        return _compact(args)
     if args.action == "plan":
         from indexer.planner import format_plan, plan_index
 
@@ -117,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = _config(args)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.chunk is not None and (world > 1 or args.action == "merge" or args.shard is not None):
+        raise ValueError("--chunk is supported by a single-process `dpr index` build only (not --shard, merge or "
+                         "torchrun): cut the documents with one process, or pass passages")
     if world > 1 and (args.action == "merge" or args.shard is not None):
         raise ValueError(f"{'dpr index merge' if args.action == 'merge' else '--shard'} runs as one process, not "
                          f"under torchrun (WORLD_SIZE={world}); under torchrun `dpr index` gives each rank its "
@@ -170,6 +185,38 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = build_index(encoder, args.kb, args.out, config, model_dir=model_ref(args.model),
                       progress=not args.no_progress, bm25=not args.no_bm25, work_dir=args.work_dir,
-                      chunk_size=chunk, keep_builds=args.keep_builds)
+                      chunk_size=chunk, keep_builds=args.keep_builds, chunk=args.chunk)
     _summary(out)
     return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from indexer.compact import compact
+
+    target = args.dir or args.out
+    if not target:
+        raise ValueError("dpr index compact needs the index directory: dpr index compact DIR")
+    result = compact(target, progress=not args.no_progress, keep_builds=args.keep_builds)
+    _summary(target)
+    print(f"compacted: {result['kept']} passages of build {result['from_build']} kept, {result['deleted']} deleted, "
+          f"{result['live_passages']} live passages folded in (nothing embedded) in {result['seconds']}s")
+    if args.reload_url:
+        _reload(args.reload_url)
+    else:
+        print("a running server serves it after POST /admin/reload (or pass --reload-url)")
+    return 0
+
+
+def _reload(url: str) -> None:
+    import json
+    import urllib.request
+
+    token = os.environ.get("DPR_ADMIN_TOKEN", "")
+    request = urllib.request.Request(url.rstrip("/") + "/admin/reload", data=b"", method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            current = json.loads(response.read())["current"]
+    except OSError as e:
+        raise RuntimeError(f"the build is published, but POST {url}/admin/reload failed: {e}") from None
+    print(f"{url}: now serving build {current['build']} ({current['count']} passages)")

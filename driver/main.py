@@ -16,7 +16,8 @@ COMMANDS = {
     "train": ("driver.train", "train a dual encoder (in-batch + hard negatives)"),
     "mine": ("driver.mine", "mine hard negatives for a training file"),
     "index": ("driver.index", "embed a knowledge base into a FAISS index (a new versioned build), merge, plan, "
-                              "roll back"),
+                              "roll back, compact"),
+    "kb": ("driver.kb", "add, replace or delete documents of an index without a rebuild (live segment)"),
     "serve": ("driver.serve", "serve an index over HTTP (FastAPI + uvicorn)"),
     "eval": ("driver.evaluate", "evaluate a model, an index or a running server (Recall@k, MRR, nDCG)"),
     "bench": ("driver.bench", "benchmarks: recall, speed, reliability, ann, merge, latency, json"),

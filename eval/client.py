@@ -71,10 +71,12 @@ def _hits(answer: Any, where: str) -> list[dict[str, Any]]:
 
 
 def retrieve_with_server(url: str, queries: Mapping[str, str], k: int, batch_size: int = MAX_BATCH,
-                         timeout: float = 120.0, progress: bool = True, mode: str | None = None) -> Retrieval:
+                         timeout: float = 120.0, progress: bool = True, mode: str | None = None,
+                         flt: dict[str, Any] | None = None) -> Retrieval:
     """Top-k hits for every query from the server at ``url``, in batches of at most ``batch_size``.
 
     ``mode`` (``dense``, ``bm25``, ``hybrid``) is sent with each request; None leaves the server's default.
+    ``flt``: a metadata filter sent with each request.
     """
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch size must be in 1..{MAX_BATCH}, got {batch_size}")
@@ -88,6 +90,8 @@ def retrieve_with_server(url: str, queries: Mapping[str, str], k: int, batch_siz
             payload: dict[str, Any] = {"queries": chunk, "k": k}
             if mode is not None:
                 payload["mode"] = mode
+            if flt:
+                payload["filter"] = flt
             answer = _request(endpoint, payload, timeout)
             if not isinstance(answer, list) or len(answer) != len(chunk):
                 got = f"a list of {len(answer)}" if isinstance(answer, list) else type(answer).__name__

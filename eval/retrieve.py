@@ -20,6 +20,7 @@ from common.fusion import FusionConfig, fuse_runs
 
 if TYPE_CHECKING:
     from indexer import SearchIndex
+    from indexer.live_index import LiveIndex
     from retriever.encoder import DualEncoder
 
 logger = logging.getLogger(__name__)
@@ -114,31 +115,56 @@ def retrieve_with_model(encoder: DualEncoder, passages: Sequence[Passage], queri
     return out
 
 
-def retrieve_with_index(index: SearchIndex, encoder: DualEncoder | None, queries: Mapping[str, str], k: int,
-                        batch_size: int = 64, progress: bool = True, mode: str = "dense",
-                        fusion: FusionConfig = FusionConfig()) -> Retrieval:
+def retrieve_with_index(index: SearchIndex | LiveIndex, encoder: DualEncoder | None, queries: Mapping[str, str],
+                        k: int, batch_size: int = 64, progress: bool = True, mode: str = "dense",
+                        fusion: FusionConfig = FusionConfig(), flt: Any = None,
+                        by_document: bool = False) -> Retrieval:
     """Search a built index the way the server does in ``mode``: ``dense`` (its own FAISS type),
-    ``bm25`` (its own BM25) or ``hybrid`` (:meth:`SearchIndex.hybrid_search` with ``fusion``)."""
+    ``bm25`` (its own BM25) or ``hybrid`` (:meth:`SearchIndex.hybrid_search` with ``fusion``), over
+    the build and its live segment, with the metadata filter ``flt``. ``by_document``: the run ranks
+    documents (each by its best passage; passages are fetched deeper until ``k`` documents), so a
+    qrel on a document is hit by any of its passages."""
+    from indexer.live_index import LiveIndex
+
     check_choice("mode", mode, SEARCH_MODES)
+    live = index if isinstance(index, LiveIndex) else LiveIndex(index)
     start = time.perf_counter()
     texts = list(queries.values())
-    if mode == "bm25":
-        ranked = index.bm25_search(texts, k)
-    else:
+    q_emb = None
+    if mode != "bm25":
         assert encoder is not None, "dense and hybrid search need the query encoder"
         q_emb = encoder.encode_queries(texts, batch_size=batch_size, progress=progress)
+
+    def ranked_at(depth: int) -> list[list[tuple[int, float]]]:
+        if mode == "bm25":
+            return live.bm25_search(texts, depth, flt)
         if mode == "hybrid":
-            ranked = index.hybrid_search(q_emb, texts, k, fusion)
-        else:
-            scores, rows = index.search(q_emb, k)
-            ranked = [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if r >= 0]
-                      for q_scores, q_rows in zip(scores, rows)]
+            return live.hybrid_search(q_emb, texts, depth, fusion, flt)
+        return live.search(q_emb, depth, flt)
+
     out = Retrieval()
-    for qid, hits in zip(queries, ranked):
-        passages = index.passages([r for r, _ in hits])
-        out.run[qid] = [p.pid for p in passages]
-        out.scores[qid] = [s for _, s in hits]
-        out.texts[qid] = [p.text for p in passages]
+    depth = min(len(live), 4 * k) if by_document else k
+    pending = list(range(len(texts)))
+    results: dict[int, list[tuple[Passage, float]]] = {}
+    while pending:
+        ranked = ranked_at(depth)
+        short = []
+        for i in pending:
+            hits = ranked[i]
+            passages = live.passages([r for r, _ in hits])
+            pairs = list(zip(passages, (s for _, s in hits)))
+            if by_document:
+                seen: set[str] = set()
+                pairs = [(p, s) for p, s in pairs if not (p.doc in seen or seen.add(p.doc))]
+                if len(pairs) < k and len(hits) >= depth and depth < len(live):
+                    short.append(i)
+            results[i] = pairs[:k]
+        pending, depth = short, min(len(live), depth * 4)
+    for i, qid in enumerate(queries):
+        pairs = results[i]
+        out.run[qid] = [p.doc if by_document else p.pid for p, _ in pairs]
+        out.scores[qid] = [s for _, s in pairs]
+        out.texts[qid] = [p.text for p, _ in pairs]
     out.seconds = time.perf_counter() - start
     return out
 

@@ -10,6 +10,7 @@ own (its ``bm25/``, :meth:`SearchIndex.hybrid_search` with the shared :class:`Fu
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ class EvalOptions:
     alpha: float = opt(_FUSION.alpha, "dense weight of --hybrid interp", group="hybrid")
     rrf_k: int = opt(_FUSION.rrf_k, "k of --hybrid rrf", group="hybrid")
     depth: int = opt(_FUSION.depth, "candidates from each side before fusing", group="hybrid")
+    filter: str | None = opt(None, "with --index or --url: only passages whose metadata match this JSON filter, "
+                             "e.g. '{\"year\": {\"gte\": 2010}}' (as in POST /search)", metavar="JSON")
     ks: tuple[int, ...] = opt(DEFAULT_KS, "Recall@k cut-offs", flag="--k", metavar="K,K,...")
     batch_size: int = opt(64, "texts per encoder batch")
     n_resamples: int = opt(DEFAULT_RESAMPLES, "bootstrap resamples", flag="--resamples")
@@ -74,6 +77,15 @@ class EvalOptions:
             if not (self.bm25 and (self.model or self.index or self.url)):
                 raise ValueError("--hybrid fuses a dense run with BM25: give --bm25 and --model/--index/--url")
         check_choice("--server-mode", self.server_mode, SEARCH_MODES)
+        if self.filter is not None:
+            if not (self.index or self.url):
+                raise ValueError("--filter needs --index or --url (metadata lives in an index)")
+            try:
+                spec = json.loads(self.filter)
+            except ValueError as e:
+                raise ValueError(f"--filter is not JSON: {e}") from None
+            if not isinstance(spec, dict):
+                raise ValueError(f"--filter must be a JSON object, got {type(spec).__name__}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {self.alpha}")
         if not self.ks or any(k < 1 for k in self.ks):
@@ -81,6 +93,10 @@ class EvalOptions:
         object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
         if self.batch_size < 1 or self.n_resamples < 1:
             raise ValueError("--batch-size and --resamples must be >= 1")
+
+    @property
+    def filter_spec(self) -> dict[str, Any] | None:
+        return None if self.filter is None else json.loads(self.filter)
 
     @property
     def fusion(self) -> FusionConfig:
@@ -113,6 +129,7 @@ def _index_systems(options: EvalOptions, evalset: EvalSet, fetch: int) -> list[t
     """Dense, and with ``--bm25`` the index's own BM25 and hybrid, from one opened index."""
     from eval.retrieve import retrieve_with_index
     from indexer import ManifestMismatch, SearchIndex, check_encoder
+    from indexer.live_index import LiveIndex
 
     k = max(options.ks)
     index = SearchIndex.open(options.index)
@@ -125,22 +142,31 @@ def _index_systems(options: EvalOptions, evalset: EvalSet, fetch: int) -> list[t
             check_encoder(index.manifest, encoder)
         except ManifestMismatch as e:
             raise ManifestMismatch(f"{options.index}: {e}", e.differences) from None
-        present = {pid for pid in evalset.relevant_ids() if index.passage(pid) is not None}
+        live = LiveIndex(index)
+        flt = live.parse_filter(options.filter_spec)
+        # Documents cut into passages: qrels name documents, and any passage of one is a hit on it.
+        by_doc = live.chunk is not None
+        present = {pid for pid in evalset.relevant_ids()
+                   if (live.has_document(pid) if by_doc else live.passage(pid) is not None)}
         info = {"source": "index", "index_dir": str(Path(options.index).resolve()), "model_ref": ref,
-                "index": index.summary(), "manifest": index.manifest, "gold_in_kb": gold_coverage(evalset, present)}
-        out = [("dense", retrieve_with_index(index, encoder, evalset.queries, fetch, options.batch_size,
-                                             options.progress).cut(k), info)]
+                "index": {**index.summary(), **live.summary()}, "manifest": index.manifest,
+                "gold_in_kb": gold_coverage(evalset, present), "units": "documents" if by_doc else "passages",
+                "filter": options.filter_spec}
+        out = [("dense", retrieve_with_index(live, encoder, evalset.queries, fetch, options.batch_size,
+                                             options.progress, flt=flt, by_document=by_doc).cut(k), info)]
         if options.index_bm25:
             if index.bm25 is None:
                 raise ValueError(f"{options.index}: the index has no BM25 index (built with --no-bm25 or before "
                                  "BM25 existed); rebuild it, or pass --kb to build BM25 over a knowledge base")
-            out.append(("bm25", retrieve_with_index(index, None, evalset.queries, k, mode="bm25"),
+            out.append(("bm25", retrieve_with_index(live, None, evalset.queries, k, mode="bm25", flt=flt,
+                                                    by_document=by_doc),
                         {"source": "index bm25", "index_dir": info["index_dir"], **(index.manifest.get("bm25") or {})}))
             if options.hybrid:
                 fusion = options.fusion
                 out.append((f"hybrid-{options.hybrid}",
-                            retrieve_with_index(index, encoder, evalset.queries, k, options.batch_size,
-                                                options.progress, mode="hybrid", fusion=fusion),
+                            retrieve_with_index(live, encoder, evalset.queries, k, options.batch_size,
+                                                options.progress, mode="hybrid", fusion=fusion, flt=flt,
+                                                by_document=by_doc),
                             {"source": "index hybrid", **fusion.describe()}))
     finally:
         index.close()
@@ -153,7 +179,7 @@ def _dense(options: EvalOptions, evalset: EvalSet, passages: list | None, fetch:
 
         info = {"source": "server", "server": server_info(options.url), "mode": options.server_mode}
         return retrieve_with_server(options.url, evalset.queries, fetch, progress=options.progress,
-                                    mode=options.server_mode), info
+                                    mode=options.server_mode, flt=options.filter_spec), info
     from eval.retrieve import retrieve_with_model
     from retriever.encoder import model_ref
 

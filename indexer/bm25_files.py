@@ -65,7 +65,7 @@ def write_bm25(target: Path, passages: Sequence[Passage], previous: Path | None 
     bm25 = BM25Index.build(passages, progress=progress)
     bm25.save(folder)
     return {"dir": BM25_DIR, "library": "bm25s", "count": len(bm25), "k1": bm25.k1, "b": bm25.b,
-            "reused": False, "files": _entries(folder)}
+            "avg_length": bm25.avg_length, "reused": False, "files": _entries(folder)}
 
 
 def same_passage_hashes(previous: Path, hashes: np.ndarray) -> bool:
@@ -102,4 +102,7 @@ def load_bm25(index_dir: Path, manifest: dict[str, Any], verify: bool = True) ->
         raise IndexLoadError(f"{folder}: not a readable BM25 index ({type(e).__name__}: {e})") from e
     if len(bm25) != manifest["count"] or entry.get("count") != manifest["count"]:
         raise IndexLoadError(f"{folder}: indexes {len(bm25)} passages, manifest says {manifest['count']}")
+    avg = entry.get("avg_length")
+    if isinstance(avg, (int, float)) and not isinstance(avg, bool) and avg > 0:
+        bm25.avg_length = float(avg)
     return bm25

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from common.data import Passage, load_corpus
+from common.data import DataError, Passage, load_corpus
+from common.documents import read_documents
 from common.files import write_json
 from indexer.bm25_files import same_passage_hashes, write_bm25
-from indexer.builds import DEFAULT_KEEP, check_target, current_build, new_build, prune_builds
+from indexer.builds import DEFAULT_KEEP, check_target, current_build, list_builds, new_build, prune_builds
+from indexer.chunking import ChunkSpec, check_token_window, chunk_documents
 from indexer.config import IndexConfig
 from indexer.errors import IndexLoadError
 from indexer.faiss_index import (
@@ -35,6 +37,8 @@ from indexer.faiss_index import (
     write_faiss,
     write_flat_streaming,
 )
+from indexer.filters import infer_schema
+from indexer.live_log import LiveLog
 from indexer.manifest import (
     CONFIG_FILE,
     EMBEDDINGS_FILE,
@@ -43,6 +47,7 @@ from indexer.manifest import (
     HASHES_FILE,
     MANIFEST_FILE,
     STORE_FILE,
+    documents_entry,
     encoder_differences,
     file_entries,
     kb_sources,
@@ -135,8 +140,13 @@ def build_index(
     work_dir: str | Path | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     keep_builds: int = DEFAULT_KEEP,
+    chunk: str | None = None,
 ) -> Path:
     """Embed the knowledge base at ``kb_paths`` and publish it as a new build of ``out_dir``.
+
+    ``chunk``: the records are documents (``{"id", "title", "text", "metadata"}``) cut into passages
+    as the spec says (``words:100``, ``words:100:50``, ``tokens:200``; :mod:`indexer.chunking`);
+    without it they are passages, as read by :func:`common.data.load_corpus`.
 
     ``model_dir`` is the model reference the manifest records for the server: a saved model dir
     (recorded as an absolute path) or an alias such as ``minilm``. Bad KB input raises ``DataError`` before anything
@@ -152,7 +162,7 @@ def build_index(
     check_target(out_dir)
     if isinstance(kb_paths, (str, Path)):
         kb_paths = [kb_paths]
-    passages = load_corpus(list(kb_paths))
+    passages = read_knowledge_base(list(kb_paths), chunk, encoder)
     sources = kb_sources(kb_paths)
     description = encoder.describe()
     if model_dir is None:
@@ -169,9 +179,31 @@ def build_index(
     del cache
     build_index_from_vectors(chunk_source([work]), passages, out_dir, config, description, model_dir, hashes=hashes,
                              kb=sources, build_stats=stats, bm25=bm25, progress=progress, started=started,
-                             keep_builds=keep_builds)
+                             keep_builds=keep_builds, chunk=chunk)
     shutil.rmtree(work, ignore_errors=True)
     return out_dir
+
+
+def read_knowledge_base(kb_paths: Sequence[str | Path], chunk: str | None, encoder: DualEncoder) -> list[Passage]:
+    """The passages to index: records as passages, or documents cut as ``chunk`` says (DataError on bad input)."""
+    if chunk is None:
+        return load_corpus(list(kb_paths))
+    spec = ChunkSpec.parse(chunk)
+    check_token_window(spec, encoder.config.passage_max_length)
+    documents = read_documents(list(kb_paths))
+    passages = chunk_documents(documents, spec, encoder.tokenizer if spec.unit == "tokens" else None)
+    logger.info("cut %d documents into %d passages (%s)", len(documents), len(passages), spec)
+    return passages
+
+
+def documents_entry_for(passages: Sequence[Passage], chunk: str | None, live_from: int) -> dict[str, Any]:
+    """The manifest's ``documents`` entry: the chunk spec, the metadata fields' types, ``live_from``."""
+    try:
+        fields = infer_schema((p.metadata for p in passages), where=lambda i: f"passage {passages[i].pid!r}")
+    except ValueError as e:
+        raise DataError(f"knowledge base: {e}") from None
+    return {"chunk": None if chunk is None else str(ChunkSpec.parse(chunk)), "metadata_fields": fields,
+            "live_from": live_from}
 
 
 def build_index_from_vectors(
@@ -189,8 +221,16 @@ def build_index_from_vectors(
     progress: bool = True,
     started: float | None = None,
     keep_builds: int = DEFAULT_KEEP,
+    chunk: str | None = None,
+    live_from: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Publish an index over ``vectors`` (row i = ``passages[i]``) as a new build of ``out_dir``.
+
+    ``chunk``: how the passages were cut from documents (recorded). ``live_from``: the first live log
+    file the build does not contain (compaction); None: the build is made from its KB files alone, so
+    the log is rotated and later writes apply to it (:mod:`indexer.live_log`). ``extra``: more
+    manifest fields (compaction records what it folded).
 
     ``vectors``: float32 [n, d] in memory, or a :class:`indexer.sources.VectorSource` (embedding chunk
     files, read one at a time: the streaming path of builds and merges). ``model_description`` is the
@@ -223,9 +263,11 @@ def build_index_from_vectors(
                      and flat_streaming_supported(dim))
     index = None if streamed_flat else create_index(source, resolved, progress=progress)
     hash_array = np.array([h.encode("ascii") for h in hashes], dtype=HASH_DTYPE)
+    documents = documents_entry_for(passages, chunk, 1)
     previous = _previous_build(out_dir) if bm25 else None
     previous_manifest = _previous_manifest(previous)
     stats = build_stats or {}
+    documents["live_from"] = live_from if live_from is not None else start_live_log(out_dir)
 
     with new_build(out_dir) as tmp:
         if index is None:
@@ -254,7 +296,9 @@ def build_index_from_vectors(
             "kb": kb or [],
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build": {**stats, "seconds": round(time.perf_counter() - started, 3)},
+            "documents": documents,
             "files": file_entries(tmp),
+            **(extra or {}),
         }
         if bm25_entry is not None:
             manifest["bm25"] = bm25_entry
@@ -263,7 +307,39 @@ def build_index_from_vectors(
     logger.info("indexed %d passages (%s, dim %d) into %s in %.1fs", len(passages), resolved.index_type,
                 dim, out_dir, time.perf_counter() - started)
     prune_builds(out_dir, keep_builds)
+    prune_live_log(out_dir)
     return out_dir
+
+
+def start_live_log(out_dir: Path) -> int:
+    """The ``live_from`` of a build made from KB files alone: a new log file when the index has a
+    live log (the build replaces the knowledge base; writes made since the previous build are not
+    in it, and stay in the log for a rollback), else 1."""
+    log = LiveLog(out_dir)
+    if not log.files():
+        return 1
+    previous = _previous_manifest(_previous_build(out_dir))
+    since = documents_entry(previous)["live_from"] if previous else 1
+    unapplied = sum(log.path(n).stat().st_size for n in log.files() if n >= since)
+    if unapplied:
+        logger.warning("%s: %d bytes of live document writes since the previous build are not in this build, "
+                       "which is made from the KB files alone (they stay in %s for a rollback; `dpr index "
+                       "compact` first to keep them)", out_dir, unapplied, log.dir)
+    return log.rotate()
+
+
+def prune_live_log(out_dir: Path) -> None:
+    """Delete the live log files no kept build applies."""
+    log = LiveLog(out_dir)
+    if not log.files():
+        return
+    needed = []
+    for build in list_builds(out_dir):
+        manifest = _previous_manifest(build.path)
+        needed.append(documents_entry(manifest)["live_from"] if manifest else 1)
+    gone = log.prune(min(needed, default=1))
+    if gone:
+        logger.info("%s: pruned live log files %s (folded into every kept build)", log.dir, gone)
 
 
 def embed_shard(

@@ -154,20 +154,34 @@ def apply_search_params(index: faiss.Index, config: IndexConfig) -> None:
         faiss.extract_index_ivf(index).nprobe = config.nprobe
 
 
-def search_params(config: IndexConfig, k: int) -> faiss.SearchParameters | None:
-    """Per-call parameters: thread-safe, unlike changing the index; HNSW needs efSearch >= k."""
+def search_params(config: IndexConfig, k: int, allowed: np.ndarray | None = None) -> faiss.SearchParameters | None:
+    """Per-call parameters: thread-safe, unlike changing the index; HNSW needs efSearch >= k.
+
+    ``allowed``: a boolean mask over the rows; only those rows are returned (a FAISS ``IDSelector``).
+    """
+    selector = None
+    if allowed is not None:
+        bits = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+        selector._bits = bits                   # FAISS reads the numpy buffer: keep it alive with the selector
     if config.index_type == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=max(config.hnsw_ef_search, k))
-    if config.index_type in IVF_TYPES:
-        ivf = faiss.SearchParametersIVF(nprobe=config.nprobe)
-        if not config.opq:
-            return ivf
+        params = faiss.SearchParametersHNSW(efSearch=max(config.hnsw_ef_search, k))
+    elif config.index_type in IVF_TYPES:
+        params = faiss.SearchParametersIVF(nprobe=config.nprobe)
+    elif selector is None:
+        return None
+    else:
+        params = faiss.SearchParameters()
+    if selector is not None:
+        params.sel = selector
+        params._sel = selector                  # the parameters do not own the selector either
+    if config.index_type in IVF_TYPES and config.opq:
         # The OPQ rotation wraps the IVF index; its parameters must be passed through the wrapper.
         wrapper = faiss.SearchParametersPreTransform()
-        wrapper.index_params = ivf
-        wrapper._keep = ivf                     # the wrapper does not own its child: keep it alive
+        wrapper.index_params = params
+        wrapper._keep = params                  # the wrapper does not own its child: keep it alive
         return wrapper
-    return None
+    return params
 
 
 def write_faiss(index: faiss.Index, path: str | Path) -> None:

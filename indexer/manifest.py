@@ -130,7 +130,28 @@ def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
             raise IndexLoadError(f"{where}: 'bm25.dir' must be 'bm25', got {bm25.get('dir')!r}")
         _check_file_entries(_expect(bm25, where, "files", dict, prefix="bm25."), where, "bm25.files")
         _expect(bm25, where, "count", int, prefix="bm25.")
+    documents = manifest.get("documents")
+    if documents is not None:
+        _expect(manifest, where, "documents", dict)
+        _expect(documents, where, "chunk", str, optional=True, prefix="documents.")
+        live_from = _expect(documents, where, "live_from", int, optional=True, prefix="documents.")
+        if live_from is not None and live_from < 1:
+            raise IndexLoadError(f"{where}: 'documents.live_from' must be >= 1, got {live_from}")
+        fields = _expect(documents, where, "metadata_fields", dict, optional=True, prefix="documents.") or {}
+        wrong = {name: kind for name, kind in fields.items() if kind not in ("string", "number", "bool")}
+        if wrong:
+            raise IndexLoadError(f"{where}: 'documents.metadata_fields' types must be string, number or bool, "
+                                 f"got {wrong}")
     return manifest
+
+
+def documents_entry(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The build's ``documents`` entry with its defaults: how documents were cut (``chunk``, None:
+    one passage each), the metadata fields and their types, and the first live log file it does not
+    contain (``live_from``; 1 for builds made before the live log)."""
+    entry = manifest.get("documents") or {}
+    return {"chunk": entry.get("chunk"), "metadata_fields": dict(entry.get("metadata_fields") or {}),
+            "live_from": int(entry.get("live_from") or 1)}
 
 
 def read_manifest(index_dir: Path) -> dict[str, Any]:

@@ -50,6 +50,11 @@ logger = logging.getLogger(__name__)
 # was ~4x faster than IndexFlatIP with one thread, while for a single query FAISS's scan wins
 # (bench/ann.py measures both; see the ANN table in docs/indexes.md).
 TORCH_FLAT_FROM = 8
+# A mask keeping at most this many rows, and at most 1/EXACT_FILTER_SHARE of the index, is searched by
+# brute force over those rows (exact on every index type). Gathering the rows is a copy, so a broader
+# mask goes through FAISS's IDSelector instead (exact on flat: a scan that skips the other rows).
+EXACT_FILTER_ROWS = 20_000
+EXACT_FILTER_SHARE = 16
 
 
 class SearchIndex:
@@ -183,12 +188,20 @@ class SearchIndex:
 
     # ------------------------------------------------------------------ search
 
-    def search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` by inner product: scores float32 [n, k'] descending and rows int64 [n, k'], k' = min(k, len)."""
+    def search(self, query_emb: np.ndarray, k: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` by inner product: scores float32 [n, k'] descending and rows int64 [n, k'], k' = min(k, len).
+
+        ``allowed``: a boolean mask over the rows (a metadata filter, deleted passages); only those
+        rows are ranked. A mask that keeps few rows is answered exactly over them (filter first, then
+        rank); a broad one goes through FAISS with an ``IDSelector``, exact on flat indexes.
+        """
         q, k = self._prepare(query_emb, k)
         index = self._faiss
         if index is None:
             raise RuntimeError(f"{self.index_dir}: index is closed")
+        if allowed is not None:
+            return self._search_allowed(q, k, self._check_mask(allowed))
         if self.config.index_type == "flat" and len(q) >= TORCH_FLAT_FROM:
             scores, rows = self._torch_exact(q, k)
         elif self.config.index_type == "ivfpq":
@@ -202,25 +215,65 @@ class SearchIndex:
             scores[i], rows[i] = self._exact(q[i:i + 1], k)
         return scores.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
 
-    def bm25_search(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
+    def _check_mask(self, allowed: np.ndarray) -> np.ndarray:
+        allowed = np.asarray(allowed)
+        if allowed.dtype != np.bool_ or allowed.shape != (len(self),):
+            raise ValueError(f"allowed must be a boolean mask of shape ({len(self)},), got {allowed.dtype} "
+                             f"{allowed.shape}")
+        return allowed
+
+    def _search_allowed(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.flatnonzero(allowed)
+        k = min(k, len(keep))
+        if k == 0:
+            return np.empty((len(q), 0), dtype=np.float32), np.empty((len(q), 0), dtype=np.int64)
+        if len(keep) <= min(EXACT_FILTER_ROWS, len(self) // EXACT_FILTER_SHARE):
+            return self._exact_rows(q, k, keep)
+        if self.config.index_type == "flat" and len(q) >= TORCH_FLAT_FROM:
+            return self._torch_exact(q, k, allowed)
+        if self.config.index_type == "ivfpq":
+            fetch = min(len(keep), k * self.config.rescore_factor)
+            _, candidates = self._faiss.search(q, fetch, params=search_params(self.config, fetch, allowed))
+            scores, rows = self._rescore(q, candidates, k)
+        else:
+            scores, rows = self._faiss.search(q, k, params=search_params(self.config, k, allowed))
+        for i in np.flatnonzero((rows < 0).any(axis=1)):
+            scores[i], rows[i] = self._exact_rows(q[i:i + 1], k, keep)
+        return scores.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
+
+    def _exact_rows(self, q: np.ndarray, k: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over the rows ``keep`` only; ties broken by row, as :meth:`_exact`."""
+        scores = q @ self._read_vectors(keep).T                                            # [n, m]
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+            np.broadcast_to(np.arange(scores.shape[1]), (len(q), scores.shape[1]))         # [n, k] unordered
+        top_scores, top_rows = np.take_along_axis(scores, top, axis=1), keep[top]
+        order = np.lexsort((top_rows, -top_scores), axis=1)
+        return (np.take_along_axis(top_scores, order, axis=1).astype(np.float32),
+                np.take_along_axis(top_rows, order, axis=1).astype(np.int64))
+
+    def bm25_search(self, queries: Sequence[str], k: int,
+                    allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
         """Per query, up to ``k`` ``(row, score)`` BM25 hits, best first; passages sharing no term with
-        the query are not hits (as in Lucene), so a list can be short or empty."""
+        the query are not hits (as in Lucene), so a list can be short or empty. ``allowed``: as in
+        :meth:`search`."""
         if self.bm25 is None:
             raise IndexLoadError(f"{self.index_dir}: this index has no BM25 index (built before BM25 was "
                                  "added, or with --no-bm25); rebuild it with `dpr index`")
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        scores, rows = self.bm25.search(list(queries), int(k))
+        mask = None if allowed is None else self._check_mask(allowed)
+        scores, rows = self.bm25.search(list(queries), int(k), weight_mask=mask)
         return [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if s > 0]
                 for q_scores, q_rows in zip(scores, rows)]
 
     def hybrid_search(self, query_emb: np.ndarray, queries: Sequence[str], k: int,
-                      fusion: FusionConfig = FusionConfig()) -> list[list[tuple[int, float]]]:
+                      fusion: FusionConfig = FusionConfig(),
+                      allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
         """Dense and BM25 fused per query as ``fusion`` says (``depth`` candidates from each side);
         up to ``k`` ``(row, fused score)`` per query, best first."""
         fetch = max(int(k), fusion.depth)
-        sparse = self.bm25_search(queries, fetch)
-        scores, rows = self.search(query_emb, fetch)
+        sparse = self.bm25_search(queries, fetch, allowed)
+        scores, rows = self.search(query_emb, fetch, allowed)
         if len(sparse) != len(rows):
             raise ValueError(f"{len(queries)} query texts for {len(rows)} query embeddings")
         out = []
@@ -260,14 +313,17 @@ class SearchIndex:
         return (np.take_along_axis(best_scores, order, axis=1).astype(np.float32),
                 np.take_along_axis(best_rows, order, axis=1).astype(np.int64))
 
-    def _torch_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _torch_exact(self, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self._torch_embeddings is None:
             with warnings.catch_warnings():
                 # The view is read-only and torch never writes to it; no copy is made.
                 warnings.simplefilter("ignore", UserWarning)
                 self._torch_embeddings = torch.from_numpy(self._vectors.all())
         with torch.inference_mode():
-            scores, rows = torch.topk(torch.from_numpy(q) @ self._torch_embeddings.T, k, dim=1)  # [n, k]
+            scores = torch.from_numpy(q) @ self._torch_embeddings.T                       # [n, N]
+            if allowed is not None:
+                scores[:, torch.from_numpy(~allowed)] = -torch.inf
+            scores, rows = torch.topk(scores, k, dim=1)                                  # [n, k]
         return scores.numpy(), rows.numpy().astype(np.int64, copy=False)
 
     def _rescore(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -303,6 +359,18 @@ class SearchIndex:
     def row_of(self, pid: str) -> int | None:
         """The FAISS row of passage ``pid`` (e.g. to look up its exact vector), or None."""
         return self._guarded(self._store.row_of, pid)
+
+    def rows_of_document(self, doc_id: str) -> list[int]:
+        """The rows of document ``doc_id``'s passages (a passage that is its own document: its row)."""
+        return self._guarded(self._store.rows_of_document, doc_id)
+
+    def metadata_rows(self) -> list[tuple[int, dict]]:
+        """``(row, metadata)`` of every passage that has metadata."""
+        return self._guarded(lambda _: self._store.metadata_rows(), None)
+
+    def all_passages(self) -> list[Passage]:
+        """Every passage, in row order."""
+        return self._guarded(lambda _: self._store.all_passages(), None)
 
     def _guarded(self, read: Any, arg: Any) -> Any:
         try:

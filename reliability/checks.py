@@ -25,6 +25,7 @@ import json
 import logging
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -118,6 +119,9 @@ def check_fuzz(o: ReliabilityOptions, index: Path) -> dict[str, Any]:
     from server.settings import Settings
 
     token = secrets.token_urlsafe(16)
+    # Generated PUT and DELETE /documents requests change the knowledge base: fuzz a copy.
+    work = Path(tempfile.mkdtemp(prefix="dpr-fuzz-"))
+    index = Path(shutil.copytree(index, work / "index", symlinks=True))
     settings = Settings(index_dir=index, admin_token=token, torch_threads=1)
     try:
         result = fuzz_openapi(create_app(settings), examples=o.fuzz_examples, admin_token=token)
@@ -125,6 +129,7 @@ def check_fuzz(o: ReliabilityOptions, index: Path) -> dict[str, Any]:
         shutdown_lifespans()
     with TestClient(create_app(settings)) as client:
         result.merge(run_hand_cases(client, settings.max_body_bytes))
+    shutil.rmtree(work, ignore_errors=True)
     return {**result.summary(), "ok": result.server_errors == 0 and not result.bad}
 
 

@@ -70,8 +70,8 @@ def error_body_ok(content_type: str, body: bytes) -> bool:
 def fuzz_openapi(app: Any, *, examples: int, admin_token: str | None = None, seed: int = 0) -> FuzzResult:
     """Up to ``examples`` generated requests per operation and mode (valid and invalid per the schema).
 
-    Requests to ``/admin/*`` carry ``admin_token`` when given, so generated bodies reach the reload
-    code rather than stopping at the 401. The schema is read from the app's ``/openapi.json``.
+    Requests to ``/admin/*`` and ``/documents/*`` carry ``admin_token`` when given, so generated
+    bodies reach the reload and document-writing code rather than stopping at the 401. The schema is read from the app's ``/openapi.json``.
     """
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
@@ -84,7 +84,7 @@ def fuzz_openapi(app: Any, *, examples: int, admin_token: str | None = None, see
             operation = op_result.ok()
             label = f"{operation.method.upper()} {operation.path}"
             headers = ({"Authorization": f"Bearer {admin_token}"}
-                       if admin_token and operation.path.startswith("/admin") else None)
+                       if admin_token and operation.path.startswith(("/admin", "/documents")) else None)
 
             @hypothesis_seed(seed)
             @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],

@@ -126,10 +126,10 @@ TAMPERING = {
     "store: wrong schema": ("passages.sqlite", _sql("ALTER TABLE passages RENAME COLUMN text TO body")),
     "store: row replaced": ("passages.sqlite", _sql(
         "DELETE FROM passages WHERE row = 3",
-        "INSERT INTO passages (row, pid, title, text, hash) VALUES (3, 'evil', 't', 'injected', 'x')")),
+        "INSERT INTO passages (row, pid, title, text, hash, doc_id) VALUES (3, 'evil', 't', 'injected', 'x', 'evil')")),
     "store: row injected": ("passages.sqlite", _sql(
         "DELETE FROM passages WHERE row = 0",
-        "INSERT INTO passages (row, pid, title, text, hash) VALUES (100000, 'evil', 't', 'injected', 'x')")),
+        "INSERT INTO passages (row, pid, title, text, hash, doc_id) VALUES (100000, 'evil', 't', 'injected', 'x', 'evil')")),
     "manifest: nested 100k deep": ("manifest.json", _manifest_edit(
         lambda m: '{"format_version": 2, "files": ' + "[" * 100_000 + "]" * 100_000 + "}")),
     "manifest: wrong types": ("manifest.json", _manifest_edit(lambda m: json.dumps({**m, "count": "many"}))),

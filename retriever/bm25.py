@@ -7,6 +7,7 @@ English stopwords and no stemming (PyStemmer is not a dependency).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ class BM25Index:
     b: float
     _tokenizer: bm25s.tokenization.Tokenizer
     _retriever: bm25s.BM25
+    # Mean tokens per indexed passage, as bm25s saw them (known after build; recorded in the manifest).
+    avg_length: float | None = None
 
     @classmethod
     def build(cls, passages: Sequence[Passage], k1: float = DEFAULT_K1, b: float = DEFAULT_B,
@@ -52,7 +55,9 @@ class BM25Index:
         retriever = bm25s.BM25(k1=k1, b=b)
         retriever.index(tokens, show_progress=progress)
         logger.info("BM25 index: %d passages, %d terms", len(passages), len(tokens.vocab))
-        return cls(list(passages), k1, b, tokenizer, retriever)
+        index = cls(list(passages), k1, b, tokenizer, retriever)
+        index.avg_length = float(np.mean([len(ids) for ids in tokens.ids]))
+        return index
 
     def __len__(self) -> int:
         return int(self._retriever.scores["num_docs"])
@@ -86,10 +91,12 @@ class BM25Index:
             raise ValueError(f"{path}: indexes {len(index)} passages, {len(passages)} given")
         return index
 
-    def search(self, queries: Sequence[str], k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Sequence[str], k: int, progress: bool = False,
+               weight_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores [n, k'] float32 descending, rows [n, k'] int64)`` with ``k' = min(k, len(self))``.
 
-        A query with no indexed term scores 0 everywhere; its rows are then arbitrary.
+        A query with no indexed term scores 0 everywhere; its rows are then arbitrary. ``weight_mask``
+        (boolean [len]): rows outside it score 0.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -98,5 +105,47 @@ class BM25Index:
             return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
         # update_vocab=False drops words the corpus never saw, so query ids line up with the index.
         ids = self._tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
-        rows, scores = self._retriever.retrieve(ids, k=k, show_progress=progress, n_threads=0)
+        mask = None if weight_mask is None else np.asarray(weight_mask, dtype=np.float32)
+        rows, scores = self._retriever.retrieve(ids, k=k, show_progress=progress, n_threads=0, weight_mask=mask)
         return np.asarray(scores, dtype=np.float32), np.asarray(rows, dtype=np.int64)
+
+    def term_weights(self, passages: Sequence[Passage], avg_length: float) -> list[dict[int, float]]:
+        """BM25 weights ``{term id: weight}`` of passages that are not in the index, scored with the
+        index's own statistics (document frequencies, passage count, ``avg_length``), so that they rank
+        against indexed passages on one scale. Words the index never saw get no weight: they match
+        nothing until the passages are indexed with the others (compaction)."""
+        indptr = np.asarray(self._retriever.scores["indptr"])
+        n = int(self._retriever.scores["num_docs"])
+        vocab = self._tokenizer.word_to_id
+        stopwords = frozenset(self._tokenizer.stopwords or ())
+        out = []
+        for passage in passages:
+            words = self._words(passage, stopwords)
+            counts: dict[int, int] = {}
+            for word in words:
+                tid = vocab.get(word)
+                if tid is not None:
+                    counts[tid] = counts.get(tid, 0) + 1
+            norm = self.k1 * ((1 - self.b) + self.b * len(words) / avg_length)
+            weights = {}
+            for tid, tf in counts.items():
+                df = int(indptr[tid + 1] - indptr[tid])
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))             # bm25s "lucene"
+                weights[tid] = idf * tf / (norm + tf)
+            out.append(weights)
+        return out
+
+    def _words(self, passage: Passage, stopwords: frozenset[str]) -> list[str]:
+        """The words bm25s indexes for ``passage`` (its tokenizer's split, stopwords removed; "" if none)."""
+        text = passage_text(passage)
+        words = self._tokenizer.splitter(text.lower() if self._tokenizer.lower else text)
+        return [w for w in words if w not in stopwords] or [""]
+
+    def lengths(self, passages: Sequence[Passage]) -> list[int]:
+        """Indexed length of each passage, in words (as BM25's length normalisation counts them)."""
+        stopwords = frozenset(self._tokenizer.stopwords or ())
+        return [len(self._words(p, stopwords)) for p in passages]
+
+    def query_terms(self, queries: Sequence[str]) -> list[list[int]]:
+        """Term ids of each query, as :meth:`search` scores them (unknown words dropped)."""
+        return self._tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)

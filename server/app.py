@@ -13,7 +13,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server import admin, openai_api, routes
+from server import admin, documents, openai_api, routes
 from server.auth import RateLimiter
 from server.batcher import MicroBatcher
 from server.engine import EngineHolder, load_engine
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.include_router(documents.router)
     app.include_router(openai_api.router)
     # add_middleware wraps what is already there: the last added runs first. Metrics outermost so
     # it counts requests the body limit (and its framing check) rejects.

@@ -19,8 +19,11 @@ import torch
 
 from common.choices import SEARCH_MODES
 from common.data import Passage
+from common.documents import Document
 from common.fusion import FusionConfig
 from indexer import ManifestMismatch, SearchIndex, check_encoder
+from indexer.filters import Filter
+from indexer.live_index import LiveIndex, embed_document
 from retriever.encoder import DualEncoder, load_encoder, model_ref
 from server.errors import NotReady
 
@@ -74,6 +77,8 @@ class Engine:
     def __init__(self, index: SearchIndex, encoder: DualEncoder, *, model_dir: str, cache_size: int = 1024,
                  fusion: FusionConfig = FusionConfig()) -> None:
         self.index = index
+        # The build plus the documents written since (live log): every search and write goes through it.
+        self.live = LiveIndex(index)
         self.fusion = fusion
         self.encoder = encoder
         self.model_dir = model_dir
@@ -141,44 +146,83 @@ class Engine:
         return self.index.bm25 is not None
 
     def search(self, queries: Sequence[str], k: int, mode: str = "dense", *, query_emb: np.ndarray | None = None,
-               timings: dict[str, float] | None = None) -> list[list[dict[str, Any]]]:
-        """For each query, up to ``k`` hits ``{id, title, text, score, rank}``, best first.
+               timings: dict[str, float] | None = None, flt: Filter | None = None,
+               group_by: str | None = None) -> list[list[dict[str, Any]]]:
+        """For each query, up to ``k`` hits ``{id, title, text, score, rank, doc_id, ...}``, best first.
 
         ``mode``: ``dense`` (the encoder), ``bm25`` or ``hybrid`` (both fused as the engine's
         ``fusion`` says, see :meth:`SearchIndex.hybrid_search`); the last two need an index with BM25.
         ``query_emb``: embeddings of ``queries`` already computed (the micro-batcher encodes a whole
-        batch at once). ``timings``, if given, receives ``encode_ms``, ``search_ms`` and ``fetch_ms``.
+        batch at once). ``flt``: only passages whose metadata match. ``group_by="doc"``: ``k``
+        documents, each as its best passage. ``timings``, if given, receives ``encode_ms``,
+        ``search_ms`` and ``fetch_ms``.
         """
         t0 = time.perf_counter()
         if mode != "bm25" and query_emb is None:
             query_emb = self.encode(queries)
         t1 = time.perf_counter()
-        if mode == "dense":
-            scores, rows = self.index.search(query_emb, k)                 # [n, k'], [n, k']
-            # FAISS pads short lists with -1
-            ranked = [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if r >= 0]
-                      for q_scores, q_rows in zip(scores, rows, strict=True)]
-        elif mode == "bm25":
-            ranked = self.index.bm25_search(queries, k)
-        elif mode == "hybrid":
-            ranked = self.index.hybrid_search(query_emb, queries, k, self.fusion)
-        else:
+        if mode not in SEARCH_MODES:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+        if group_by is None:
+            ranked = self._ranked(queries, k, mode, query_emb, flt)
+        elif group_by == "doc":
+            ranked = self._by_document(queries, k, mode, query_emb, flt)
+        else:
+            raise ValueError(f"group_by must be 'doc' or None, got {group_by!r}")
         t2 = time.perf_counter()
         results = []
         for hits in ranked:
-            passages = self.index.passages([r for r, _ in hits])
-            results.append([
-                {"id": p.pid, "title": p.title, "text": p.text, "score": s, "rank": rank}
-                for rank, (p, (_, s)) in enumerate(zip(passages, hits, strict=True), start=1)
-            ])
+            passages = self.live.passages([r for r, _ in hits])
+            results.append([_hit(p, s, rank) for rank, (p, (_, s)) in enumerate(zip(passages, hits, strict=True),
+                                                                                 start=1)])
         if timings is not None:
             timings.update(encode_ms=1000 * (t1 - t0), search_ms=1000 * (t2 - t1),
                            fetch_ms=1000 * (time.perf_counter() - t2))
         return results
 
+    def _ranked(self, queries: Sequence[str], k: int, mode: str, query_emb: np.ndarray | None,
+                flt: Filter | None) -> list[list[tuple[int, float]]]:
+        if mode == "dense":
+            return self.live.search(query_emb, k, flt)
+        if mode == "bm25":
+            return self.live.bm25_search(queries, k, flt)
+        return self.live.hybrid_search(query_emb, queries, k, self.fusion, flt)
+
+    def _by_document(self, queries: Sequence[str], k: int, mode: str, query_emb: np.ndarray | None,
+                     flt: Filter | None) -> list[list[tuple[int, float]]]:
+        """The best passage of each of the top ``k`` documents: passages are fetched deeper (x4 each
+        round) until ``k`` documents are found or the knowledge base is exhausted."""
+        total = len(self.live)
+        depth = min(total, 4 * k)
+        while True:
+            ranked = self._ranked(queries, depth, mode, query_emb, flt)
+            out, short = [], False
+            for hits in ranked:
+                docs = self.live.documents_of([r for r, _ in hits])
+                seen: set[str] = set()
+                best = []
+                for (row, score), doc in zip(hits, docs, strict=True):
+                    if doc not in seen:
+                        seen.add(doc)
+                        best.append((row, score))
+                out.append(best[:k])
+                short |= len(best) < k and len(hits) >= depth
+            if not short or depth >= total:
+                return out
+            depth = min(total, depth * 4)
+
     def passage(self, pid: str) -> Passage | None:
-        return self.index.passage(pid)
+        return self.live.passage(pid)
+
+    def upsert(self, doc: Document) -> dict[str, Any]:
+        """Cut ``doc`` as the index's documents were, embed it and write it durably (see :class:`LiveIndex`)."""
+        self.live.check_metadata_types(doc.metadata)
+        with self._tokenizer_lock:
+            passages, vectors = embed_document(doc, self.live.chunk, self.encoder)
+        return self.live.upsert(doc, passages, vectors)
+
+    def delete(self, doc_id: str) -> bool:
+        return self.live.delete(doc_id)
 
     def health(self) -> str | None:
         """None while the index's files are the ones it opened; else what is wrong (for ``/readyz``)."""
@@ -198,7 +242,8 @@ class Engine:
                                   f"the index failed a test search ({type(e).__name__})") from e
 
     def summary(self) -> dict[str, Any]:
-        return {**self.index.summary(), "index_dir": str(self.index_dir), "model_dir": self.model_dir,
+        return {**self.index.summary(), **self.live.summary(), "index_dir": str(self.index_dir),
+                "model_dir": self.model_dir,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
     def close(self) -> None:
@@ -302,3 +347,13 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
     logger.info("serving %s (build %s, %d passages, dim %d) with model %s", index_dir, index.build, len(index),
                 index.dim, ref)
     return engine
+
+
+def _hit(passage: Passage, score: float, rank: int) -> dict[str, Any]:
+    hit = {"id": passage.pid, "title": passage.title, "text": passage.text, "score": score, "rank": rank,
+           "doc_id": passage.doc}
+    if passage.start is not None:
+        hit["start"], hit["end"] = passage.start, passage.end
+    if passage.metadata:
+        hit["metadata"] = passage.metadata
+    return hit

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
@@ -21,6 +21,7 @@ from server.schemas import (
     check_batch,
     check_k,
     check_query,
+    parse_search_filter,
     read_json,
     resolve_mode,
 )
@@ -52,8 +53,9 @@ def _body_doc(model: type) -> dict:
 
 
 async def _search(request: Request, engine: Engine, queries: list[str], k: int, mode: str,
-                  settings: Settings, timings: dict[str, float] | None = None) -> list[list[dict]]:
-    search = partial(engine.search, queries, k, mode=mode, timings=timings)
+                  settings: Settings, timings: dict[str, float] | None = None, flt: Any = None,
+                  group_by: str | None = None) -> list[list[dict]]:
+    search = partial(engine.search, queries, k, mode=mode, timings=timings, flt=flt, group_by=group_by)
     return await request.app.state.gate.run(search)
 
 
@@ -65,12 +67,14 @@ async def search(request: Request, body: SearchBody, engine: EngineDep, settings
     check_k(body.k, settings)
     query = check_query(body.query, settings)
     mode = resolve_mode(body.mode, engine.has_bm25, settings)
+    flt = parse_search_filter(body.filter, engine)
     batcher = request.app.state.batcher
-    if batcher is not None:
+    # Filtered and grouped searches skip the micro-batcher: its batches share one plain search.
+    if batcher is not None and flt is None and body.group_by is None:
         hits, timings = await batcher.search(engine, query, body.k, mode)
     else:
         timings = {}
-        (hits,) = await _search(request, engine, [query], body.k, mode, settings, timings)
+        (hits,) = await _search(request, engine, [query], body.k, mode, settings, timings, flt, body.group_by)
     metrics.queries.inc()
     took_ms = round((time.perf_counter() - start) * 1000, 3)
     # Server-Timing: where the time went (queue / encode / search / fetch), for `dpr bench speed`.
@@ -88,7 +92,8 @@ async def search_batch(request: Request, body: BatchBody, engine: EngineDep, set
     check_k(body.k, settings)
     queries = check_batch(body.queries, settings)
     mode = resolve_mode(body.mode, engine.has_bm25, settings)
-    results = await _search(request, engine, queries, body.k, mode, settings)
+    flt = parse_search_filter(body.filter, engine)
+    results = await _search(request, engine, queries, body.k, mode, settings, flt=flt, group_by=body.group_by)
     metrics.queries.inc(len(queries))
     took_ms = round((time.perf_counter() - start) * 1000, 3)
     return json_response([{"query": q, "k": body.k, "mode": mode, "results": hits, "took_ms": took_ms}
@@ -101,7 +106,12 @@ def get_passage(pid: str, engine: EngineDep) -> Response:
     passage = engine.passage(pid)
     if passage is None:
         raise APIError(404, "passage not found", {"id": pid})
-    return json_response({"id": passage.pid, "title": passage.title, "text": passage.text})
+    out = {"id": passage.pid, "title": passage.title, "text": passage.text, "doc_id": passage.doc}
+    if passage.start is not None:
+        out["start"], out["end"] = passage.start, passage.end
+    if passage.metadata:
+        out["metadata"] = passage.metadata
+    return json_response(out)
 
 
 @router.get("/healthz")

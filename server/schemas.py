@@ -6,13 +6,14 @@ their own message, whatever Content-Type the client sent.
 """
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.choices import SearchMode
+from indexer.filters import FilterError
 from server.errors import APIError, validation_detail
 from server.settings import Settings
 
@@ -29,12 +30,24 @@ class SearchRequest(_Strict):
     k: int = 10
     # None: the server's default mode (DPR_DEFAULT_MODE).
     mode: Mode | None = None
+    # Metadata conditions, ANDed: {"source": "wiki", "year": {"gte": 2010}, "lang": {"in": ["en", "de"]}}.
+    filter: dict[str, Any] | None = None
+    # "doc": the best passage of each of the top k documents.
+    group_by: Literal["doc"] | None = None
 
 
 class BatchSearchRequest(_Strict):
     queries: list[str]
     k: int = 10
     mode: Mode | None = None
+    filter: dict[str, Any] | None = None
+    group_by: Literal["doc"] | None = None
+
+
+class DocumentRequest(_Strict):
+    title: str = ""
+    text: str
+    metadata: dict[str, Any] | None = None
 
 
 class ReloadRequest(_Strict):
@@ -48,6 +61,11 @@ class Hit(BaseModel):
     text: str
     score: float
     rank: int
+    doc_id: str
+    # Passages cut from documents: character offsets into the document's text.
+    start: int | None = None
+    end: int | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class SearchResponse(BaseModel):
@@ -122,3 +140,13 @@ def check_batch(queries: list[str], settings: Settings) -> list[str]:
         raise APIError(422, f"too many queries ({len(queries)}, limit {settings.max_batch})",
                        {"loc": "queries", "count": len(queries), "max_batch": settings.max_batch})
     return [check_query(q, settings, f"queries[{i}]") for i, q in enumerate(queries)]
+
+
+def parse_search_filter(spec: dict[str, Any] | None, engine: Any) -> Any:
+    """The request's ``filter`` parsed against the loaded knowledge base's metadata fields (422 otherwise)."""
+    if spec is None:
+        return None
+    try:
+        return engine.live.parse_filter(spec)
+    except FilterError as e:
+        raise APIError(422, str(e), {"loc": e.loc, "fields": sorted(engine.live.schema)[:50]}) from None

@@ -22,7 +22,7 @@ def test_import_of_the_dpr_entry_point_loads_no_torch() -> None:
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["index", "--help"], ["eval", "--help"],
                                   ["serve", "--help"], ["mine", "--help"], ["bench", "--help"],
                                   ["bench", "recall", "--help"], ["bench", "reliability", "--help"],
-                                  ["bench", "latency", "--help"]])
+                                  ["bench", "latency", "--help"], ["kb", "--help"], ["bench", "live", "--help"]])
 def test_help_loads_no_heavy_library(argv: list[str]) -> None:
     code = ("import contextlib, io\nfrom driver.main import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main({argv!r})")

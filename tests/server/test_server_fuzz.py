@@ -19,9 +19,13 @@ FUZZ_EXAMPLES = int(os.environ.get("DPR_FUZZ_EXAMPLES", "20"))
 
 
 @pytest.fixture(scope="module")
-def fuzzed(index_a: Path, admin_token: str) -> FuzzResult:
+def fuzzed(index_a: Path, admin_token: str, tmp_path_factory: pytest.TempPathFactory) -> FuzzResult:
+    import shutil
+
+    # Generated PUT and DELETE /documents requests change the knowledge base: fuzz a copy.
+    index = Path(shutil.copytree(index_a, tmp_path_factory.mktemp("fuzz") / "index", symlinks=True))
     # Small limits, so generated bodies also reach the limit checks, not only the happy path.
-    app = create_app(Settings(index_dir=index_a, admin_token=admin_token, max_k=50, max_batch=4,
+    app = create_app(Settings(index_dir=index, admin_token=admin_token, max_k=50, max_batch=4,
                               max_query_chars=200, max_body_bytes=4096, torch_threads=1))
     try:
         return fuzz_openapi(app, examples=FUZZ_EXAMPLES, admin_token=admin_token)
@@ -44,7 +48,8 @@ def test_every_route_was_fuzzed(fuzzed: FuzzResult) -> None:
     the generator producing nothing for it)."""
     ops = fuzzed.by_operation
     for label in ("POST /search", "POST /search/batch", "GET /passages/{pid}", "POST /admin/reload",
-                  "GET /healthz", "GET /readyz"):
+                  "GET /healthz", "GET /readyz", "PUT /documents/{doc_id}", "DELETE /documents/{doc_id}",
+                  "GET /documents/{doc_id}"):
         assert ops.get(label, 0) >= 1, ops
     assert ops["POST /search"] >= FUZZ_EXAMPLES
 

@@ -26,7 +26,9 @@ def test_search_returns_ranked_results_that_resolve(client) -> None:
     for h in hits:
         p = client.get(f"/passages/{h['id']}")
         assert p.status_code == 200
-        assert p.json() == {"id": h["id"], "title": h["title"], "text": h["text"]}
+        # a passage that is its own document (no --chunk): doc_id is its id
+        assert p.json() == {"id": h["id"], "title": h["title"], "text": h["text"], "doc_id": h["id"]}
+        assert h["doc_id"] == h["id"]
 
 
 def test_default_k_and_k_capped_by_index_size(client) -> None:
@@ -112,7 +114,9 @@ def test_page_is_served(client) -> None:
 def test_openapi_documents_the_bodies(client) -> None:
     spec = client.get("/openapi.json").json()
     schema = spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(schema["properties"]) == {"query", "k", "mode"}
+    assert set(schema["properties"]) == {"query", "k", "mode", "filter", "group_by"}
+    put = spec["paths"]["/documents/{doc_id}"]["put"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(put["properties"]) == {"title", "text", "metadata"}
 
 
 def test_onnx_runtime_server_answers_like_the_torch_one(client, index_a: Path) -> None:
