@@ -26,7 +26,7 @@ from common.data import Passage
 from common.documents import Document, check_metadata
 from common.fusion import FusionConfig
 from indexer.chunking import ChunkSpec, chunk_documents
-from indexer.filters import Filter, MetadataColumns, infer_schema, parse_filter, value_type
+from indexer.filters import Filter, MetadataColumns, infer_schema, matches, parse_filter, value_type
 from indexer.live_log import LiveLog, LiveLogError, Position, decode_vectors, encode_vectors, now
 from indexer.manifest import documents_entry
 from indexer.searcher import SearchIndex
@@ -58,11 +58,13 @@ class LiveIndex:
         self.log = LiveLog(index.index_dir)
         self.model_sha = str(index.manifest["model"].get("weights_sha256", ""))
         base_schema = entry["metadata_fields"]
-        rows: list[dict | None] = [None] * len(index)
+        # A build without metadata needs no columns: every filter sees its passages as lacking the field.
+        self._base_columns: MetadataColumns | None = None
         if base_schema:
+            rows: list[dict | None] = [None] * len(index)
             for row, meta in index.metadata_rows():
                 rows[row] = meta
-        self._base_columns = MetadataColumns.from_rows(rows, base_schema)
+            self._base_columns = MetadataColumns.from_rows(rows, base_schema)
         term_weights = None
         if index.bm25 is not None:
             bm25 = index.bm25
@@ -80,7 +82,8 @@ class LiveIndex:
     @property
     def schema(self) -> dict[str, str]:
         """Metadata fields and their types over the build and the segment."""
-        return {**self._base_columns.schema, **self.segment.view().columns.schema}
+        base = self._base_columns.schema if self._base_columns is not None else {}
+        return {**base, **self.segment.view().columns.schema}
 
     # ------------------------------------------------------------------ the log
 
@@ -222,6 +225,11 @@ class LiveIndex:
 
     # ------------------------------------------------------------------ search
 
+    def base_mask(self, flt: Filter) -> np.ndarray:
+        """The build's rows ``flt`` keeps, deleted ones excluded: bool [n]."""
+        mask, _ = self._base_allowed(self.segment.view(), flt)
+        return mask
+
     def parse_filter(self, spec: object) -> Filter | None:
         """A request's ``filter`` against this knowledge base's fields (FilterError names what is wrong)."""
         return parse_filter(spec, self.schema)
@@ -297,8 +305,10 @@ class LiveIndex:
             if len(dead) <= OVERFETCH_MAX:
                 return None, dead
             mask = np.ones(len(self.index), dtype=bool)
-        else:
+        elif self._base_columns is not None:
             mask = self._base_columns.mask(flt)
+        else:
+            mask = np.full(len(self.index), matches(None, flt), dtype=bool)
         mask[dead] = False
         return mask, dead[:0]
 

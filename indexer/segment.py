@@ -51,7 +51,8 @@ class SegmentView:
 
 
 class LiveSegment:
-    """The applied state; ``apply_*`` run under the owner's lock, :meth:`view` from any thread."""
+    """The applied state. ``begin``, ``upsert``, ``delete`` and ``commit`` run under :attr:`lock`
+    (the reader applying the log holds it); :meth:`view` is safe from any thread."""
 
     def __init__(self, dim: int, schema: dict[str, str],
                  base_rows_of: Callable[[str], list[int]],

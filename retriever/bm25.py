@@ -147,5 +147,13 @@ class BM25Index:
         return [len(self._words(p, stopwords)) for p in passages]
 
     def query_terms(self, queries: Sequence[str]) -> list[list[int]]:
-        """Term ids of each query, as :meth:`search` scores them (unknown words dropped)."""
-        return self._tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
+        """Term ids of each query, as :meth:`search` scores them (unknown words dropped). Split here
+        rather than by bm25s's ``tokenize``, which builds progress bars even when told not to show them
+        (a tenth of a millisecond per query on the live-segment path)."""
+        stopwords = frozenset(self._tokenizer.stopwords or ())
+        vocab = self._tokenizer.word_to_id
+        out = []
+        for query in queries:
+            words = self._tokenizer.splitter(query.lower() if self._tokenizer.lower else query)
+            out.append([vocab[w] for w in words if w not in stopwords and w in vocab])
+        return out
