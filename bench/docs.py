@@ -107,7 +107,39 @@ def speed_block(report: dict[str, Any] | None) -> str:
             + "\n")
 
 
+def peers_block(report: dict[str, Any] | None) -> str:
+    """dpr beside txtai and sentence-transformers, from one `dpr bench speed --peers` run."""
+    if report is None or "peers" not in report:
+        return "No peers run published yet.\n"
+    from bench.speed_report import peer_rows
+
+    p = report["peers"]
+    lines = ["| same data and model | dpr | peer | peer's | dpr ahead |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in peer_rows(p)]
+    runtime = " ".join(report.get("options", {}).get("serve_args") or []) or "torch runtime"
+    return ("\n".join(lines) + f"\n\nDense, k=10; dpr: {runtime}, query cache off. "
+            + _run_line(report, "dpr bench speed --peers") + "\n")
+
+
 def reliability_block(report: dict[str, Any] | None) -> str:
+    """One line per run: every check, what it tried, and whether it held (the table is in docs/benchmarks.md)."""
+    if report is None:
+        return "No reliability run published yet.\n"
+    from reliability.report import summary_row
+
+    rows = {name: result.get("summary") or summary_row(name, result) for name, result in report["results"].items()}
+    failed = [name for name, row in rows.items() if not row["ok"]]
+    fives = sum(row["5xx"] or 0 for row in rows.values())
+    crashes = sum(row["server_crashes"] or 0 for row in rows.values())
+    checks = ", ".join(f"{name} ({row['tried']:,})" if row["tried"] and row["tried"] > 1 else name
+                       for name, row in rows.items())
+    verdict = f"all {len(rows)} checks ok" if not failed else f"FAILED: {', '.join(failed)}"
+    command = "make reliability (= dpr bench reliability)"
+    return (f"{verdict}, {fives} responses 5xx, {crashes} server crashes; inputs tried: {checks}. "
+            + _run_line({**report, "command": command}, command) + "\n")
+
+
+def reliability_table(report: dict[str, Any] | None) -> str:
     if report is None:
         return "No reliability run published yet.\n"
     from reliability.report import summary_row
@@ -230,8 +262,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "recall": lambda: recall_block(_load("recall")),
     "speed": lambda: speed_block(_load("speed")),
     "reliability": lambda: reliability_block(_load("reliability")),
+    "reliability-table": lambda: reliability_table(_load("reliability")),
     "reliability-details": lambda: reliability_details(_load("reliability")),
     "merge": lambda: merge_block(_load("merge")),
+    "peers": lambda: peers_block(_load("peers")),
     "speed-details": lambda: speed_details(_load("speed")),
     "live": lambda: live_block(_load("live")),
     "live-full": lambda: live_full(_load("live")),

@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 NQ = REPO / "data" / "nq_oracle"
 DISTRACTORS = Path("/work/shared/data/distractors/wiki-psgs_w100-sample1000.jsonl")
 SECTIONS = ("encode", "int8", "latency", "throughput")
+# Not run unless asked (--peers, or --sections peers): it needs the peers extra and takes minutes.
+OPTIONAL_SECTIONS = ("peers",)
 
 
 def _default_kb() -> list[str]:
@@ -82,15 +84,24 @@ class SpeedOptions:
     duration_s: float = opt(15.0, "seconds per throughput point", flag="--duration")
     serve_args: tuple[str, ...] = opt((), "extra `dpr serve` flag (repeatable)", flag="--serve-arg", action="append",
                                       show_default=False)
+    peers: bool = opt(False, "also measure txtai (index build, its HTTP API) and sentence-transformers' trainer on "
+                      "the same data and model, with ratios to dpr (needs the peers extra)", group="peers")
+    peer_rounds: int = opt(2, "interleaved rounds per peer comparison", group="peers")
+    peer_batch_size: int = opt(32, "training batch for the trainer comparison (500 nq_oracle pairs, 1 epoch)",
+                               group="peers")
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.sections) - set(SECTIONS))
+        unknown = sorted(set(self.sections) - set(SECTIONS) - set(OPTIONAL_SECTIONS))
         if unknown:
-            raise ValueError(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+            raise ValueError(f"unknown sections {unknown}; choose from {list(SECTIONS + OPTIONAL_SECTIONS)}")
+        if self.peers and "peers" not in self.sections:
+            object.__setattr__(self, "sections", (*self.sections, "peers"))
+        if self.peer_rounds < 1:
+            raise ValueError(f"--peer-rounds must be >= 1, got {self.peer_rounds}")
 
 
 QUICK = {"encode_passages": 64, "encode_repeats": 1, "int8_limit": 100, "synthetic_n": 20_000, "latency_queries": 30, "duration_s": 3.0,
-         "concurrency": (1, 8, 32)}
+         "concurrency": (1, 8, 32), "peer_rounds": 1}
 
 
 def _questions(path: str, n: int) -> list[str]:
@@ -228,8 +239,13 @@ def run_speed(options: SpeedOptions, command: str = "") -> dict[str, Any]:
             report["latency"] = section_latency(options, work)
         elif name == "throughput":
             report["throughput"] = section_throughput(options, work)
+        elif name == "peers":
+            from bench.peers import section_peers
+
+            report["peers"] = section_peers(options, work, _questions(options.val, options.latency_queries))
         report["seconds"][name] = round(time.perf_counter() - start, 1)
         write_json(out / "speed.json", report)                            # a later section may still fail
+
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in load] if load else None
     write_json(out / "speed.json", report)
@@ -255,7 +271,9 @@ def options_from_args(args: argparse.Namespace) -> SpeedOptions:
 def run(args: argparse.Namespace) -> int:
     from bench.speed_report import markdown
 
-    report = run_speed(options_from_args(args), command=shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+    # `dpr ...` and `python -m driver.main ...` are the same command.
+    argv = sys.argv[sys.argv.index("bench"):] if "bench" in sys.argv else [Path(sys.argv[0]).name, *sys.argv[1:]]
+    report = run_speed(options_from_args(args), command=shlex.join(["dpr", *argv] if "bench" in sys.argv else argv))
     print(markdown(report))
     return 0
 

@@ -72,13 +72,35 @@ def _throughput(t: dict[str, Any]) -> list[str]:
     return lines + _table(["micro-batching", "concurrency", "q/s", "p50 ms", "p95 ms", "p99 ms", "ok", "failed"], rows)
 
 
+def peer_rows(p: dict[str, Any]) -> list[list[Any]]:
+    """``[work, dpr, peer, peer, ratio]`` rows of a peers section (ratio: how many times dpr is ahead)."""
+    v, b, h, t = p["versions"], p["build"], p["http"], p["train"]
+    seq = h["sequential"]
+    rows = [[f"index build, whole process (best of {p['rounds']})", f"{min(b['dpr_s'])} s",
+             f"txtai {v['txtai']}", f"{min(b['txtai_s'])} s", f"{b['ratio']}x"],
+            ["HTTP p50 / p95, sequential", f"{seq['dpr']['p50']} / {seq['dpr']['p95']} ms", "txtai API",
+             f"{seq['txtai']['p50']} / {seq['txtai']['p95']} ms", f"{seq['p50_ratio']}x"]]
+    for r in h["throughput"]:
+        rows.append([f"q/s at concurrency {r['concurrency']}", r["dpr_qps"], "txtai", r["txtai_qps"],
+                     f"{r['ratio']}x"])
+    rows.append([f"training pairs/s ({t['pairs']} pairs, batch {t['batch_size']}, 1 epoch)", t["dpr_pairs_per_s"],
+                 f"sentence-transformers {v['sentence_transformers']}", t["st_pairs_per_s"], f"{t['ratio']}x"])
+    return rows
+
+
+def _peers(p: dict[str, Any]) -> list[str]:
+    lines = [f"### Peers (same data and model; interleaved rounds: {p['rounds']}; {p['note']})", ""]
+    return lines + _table(["work", "dpr", "peer", "peer's figure", "dpr ahead by"], peer_rows(p))
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"## dpr bench speed — {report['date']}", "",
              f"`{report['command']}`", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average at start "
              f"{m.get('load_avg_at_start')}, at end {m.get('load_avg_at_end')}.", ""]
-    for name, render in (("encode", _encode), ("int8", _int8), ("latency", _latency), ("throughput", _throughput)):
+    for name, render in (("encode", _encode), ("int8", _int8), ("latency", _latency), ("throughput", _throughput),
+                         ("peers", _peers)):
         if name in report:
             lines += render(report[name]) + [""]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 
@@ -115,8 +115,11 @@ def _split_url(url: str) -> tuple[str, int]:
 async def run_load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int, *,
                    duration_s: float | None = None, requests: int | None = None, path: str = "/search",
                    timeout_s: float = 30.0, headers: dict[str, str] | None = None,
-                   inspect: Callable[[dict[str, Any]], Any] | None = None) -> LoadResult:
+                   inspect: Callable[[dict[str, Any]], Any] | None = None, method: str = "POST") -> LoadResult:
     """POST ``bodies`` (cycled) to ``url + path`` from ``concurrency`` workers until time or count runs out.
+
+    ``method="GET"``: each body is sent as the query string instead (``path?query=...&limit=10``),
+    for servers whose search is a GET (txtai's API, in ``dpr bench speed --peers``).
 
     Each worker holds one keep-alive connection (reopened after a transport error, which counts as a
     failure). ``inspect``, if given, is called on each successful JSON response and its non-None
@@ -133,9 +136,16 @@ async def run_load(url: str, bodies: Sequence[dict[str, Any]], concurrency: int,
     target = url.rstrip("/") + path
     prefix = urlsplit(target).path or "/"
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    encoded = [orjson.dumps(b) for b in bodies]
-    heads = [(f"POST {prefix} HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
-              f"{extra}content-length: {len(b)}\r\n\r\n").encode() for b in encoded]
+    if method == "GET":
+        encoded = [b""] * len(bodies)
+        heads = [f"GET {prefix}?{urlencode(b)} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()
+                 for b in bodies]
+    elif method == "POST":
+        encoded = [orjson.dumps(b) for b in bodies]
+        heads = [(f"POST {prefix} HTTP/1.1\r\nHost: {host}:{port}\r\ncontent-type: application/json\r\n"
+                  f"{extra}content-length: {len(b)}\r\n\r\n").encode() for b in encoded]
+    else:
+        raise ValueError(f"method must be GET or POST, got {method!r}")
     result = LoadResult(concurrency=concurrency)
     counter = itertools.count()
     start = time.perf_counter()

@@ -88,6 +88,8 @@ class Engine:
         # A fast tokenizer mutates its truncation/padding state on call; concurrent calls can hit
         # "Already borrowed". Tokenising one query takes microseconds, so a lock costs nothing.
         self._tokenizer_lock = threading.Lock()
+        self._passage_lock = threading.Lock()
+        self._passage_encoder: DualEncoder | None = None
         self._active = 0
         self._retired = False
         self._closed = False
@@ -217,9 +219,30 @@ class Engine:
     def upsert(self, doc: Document) -> dict[str, Any]:
         """Cut ``doc`` as the index's documents were, embed it and write it durably (see :class:`LiveIndex`)."""
         self.live.check_metadata_types(doc.metadata)
-        with self._tokenizer_lock:
-            passages, vectors = embed_document(doc, self.live.chunk, self.encoder)
+        encoder = self.passage_encoder()
+        with self._tokenizer_lock if encoder is self.encoder else self._passage_lock:
+            passages, vectors = embed_document(doc, self.live.chunk, encoder)
         return self.live.upsert(doc, passages, vectors)
+
+    def passage_encoder(self) -> DualEncoder:
+        """The encoder live documents are embedded with: the build's precision, so a live passage gets
+        the vector a rebuild would give it. Queries may run int8 (``DPR_QUANTIZE``) while the build is
+        fp32; then an fp32 copy of the model is loaded on the first write (ONNX fp32 and torch give the
+        same vectors, so the runtime may differ)."""
+        built = self.index.manifest["model"].get("quantize") or "none"
+        if self.encoder.quantization == built:
+            return self.encoder
+        with self._passage_lock:
+            if self._passage_encoder is None:
+                logger.info("loading %s at the build's precision (%s) for live documents", self.model_dir, built)
+                encoder = load_encoder(self.model_dir)
+                if built != "none":
+                    from retriever.runtime import prepare_encoder
+
+                    prepare_encoder(encoder, self.index.manifest["model"].get("runtime") or "torch", built)
+                check_encoder(self.index.manifest, encoder)
+                self._passage_encoder = encoder
+            return self._passage_encoder
 
     def delete(self, doc_id: str) -> bool:
         return self.live.delete(doc_id)

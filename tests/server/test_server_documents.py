@@ -723,6 +723,28 @@ def test_compaction_while_serving_swaps_in_a_build_with_every_write(built: dict[
         served.stop()
 
 
+def test_int8_queries_still_embed_live_documents_at_the_builds_precision(built: dict[str, Path], tmp_path: Path,
+                                                                          tiny_model_dir: Path) -> None:
+    """Queries on int8 (DPR_QUANTIZE) over an fp32 build: a live document gets the fp32 vectors a rebuild
+    would give it, not the int8 ones, so compaction still equals a fresh build."""
+    import numpy as np
+
+    from retriever.encoder import load_encoder
+
+    index_dir = _copy(built["chunked"], tmp_path / "int8-index")
+    text = _with_word(UNIQUE["doc8"][0], "doc12", 70)
+    with serve(index_dir, quantize="int8") as c:
+        engine = c.app.state.holder.current
+        assert engine.encoder.quantization == "int8"
+        assert c.put("/documents/q8", json={"title": "T", "text": text}, headers=AUTH).status_code == 200
+        assert engine.passage_encoder() is not engine.encoder and engine.passage_encoder().quantization == "none"
+        view = engine.live.segment.view()
+        slots, vectors = view.alive()
+        passages = [view.passages[s] for s in slots]
+    fp32 = load_encoder(tiny_model_dir).encode_passages(passages)
+    np.testing.assert_allclose(vectors, fp32, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- 7. concurrency
 
 
