@@ -96,11 +96,12 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed cross-origin browser "
                                     "access (a JSON list); none: closed", json_schema_extra={"cli": False})
 
-    admin_token: SecretStr | None = Field(None, description="bearer token of /admin/reload and /admin/rollback; "
-                                          "none: the admin routes are disabled, not open",
+    admin_token: SecretStr | None = Field(None, description="bearer token of /admin/reload, /admin/rollback and "
+                                          "document writes (PUT and DELETE /documents); none: they are disabled, "
+                                          "not open",
                                           json_schema_extra={"cli": False})
-    api_keys: SecretStr | None = Field(None, description="comma-separated bearer keys for /search, /search/batch "
-                                       "and /passages; none: open (/healthz, /readyz, /metrics and the page stay "
+    api_keys: SecretStr | None = Field(None, description="comma-separated bearer keys for /search, /search/batch, "
+                                       "/passages and GET /documents; none: open (/healthz, /readyz, /metrics and the page stay "
                                        "open)", json_schema_extra={"cli": False})
     rate_limit_per_s: float = Field(0.0, ge=0.0, description="per-client token bucket rate (a client is its API "
                                     "key, else its address); 0: off", json_schema_extra=_group("HTTP"))
