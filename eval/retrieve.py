@@ -120,7 +120,7 @@ def retrieve_with_index(index: SearchIndex | LiveIndex, encoder: DualEncoder | N
                         fusion: FusionConfig = FusionConfig(), flt: Any = None,
                         by_document: bool = False) -> Retrieval:
     """Search a built index the way the server does in ``mode``: ``dense`` (its own FAISS type),
-    ``bm25`` (its own BM25) or ``hybrid`` (:meth:`SearchIndex.hybrid_search` with ``fusion``), over
+    ``bm25`` (its own BM25) or ``hybrid`` (:meth:`LiveIndex.hybrid_search` with ``fusion``), over
     the build and its live segment, with the metadata filter ``flt``. ``by_document``: the run ranks
     documents (each by its best passage; passages are fetched deeper until ``k`` documents), so a
     qrel on a document is hit by any of its passages."""
@@ -142,29 +142,13 @@ def retrieve_with_index(index: SearchIndex | LiveIndex, encoder: DualEncoder | N
             return live.hybrid_search(q_emb, texts, depth, fusion, flt)
         return live.search(q_emb, depth, flt)
 
+    ranked = live.best_per_document(ranked_at, k) if by_document else ranked_at(k)
     out = Retrieval()
-    depth = min(len(live), 4 * k) if by_document else k
-    pending = list(range(len(texts)))
-    results: dict[int, list[tuple[Passage, float]]] = {}
-    while pending:
-        ranked = ranked_at(depth)
-        short = []
-        for i in pending:
-            hits = ranked[i]
-            passages = live.passages([r for r, _ in hits])
-            pairs = list(zip(passages, (s for _, s in hits)))
-            if by_document:
-                seen: set[str] = set()
-                pairs = [(p, s) for p, s in pairs if not (p.doc in seen or seen.add(p.doc))]
-                if len(pairs) < k and len(hits) >= depth and depth < len(live):
-                    short.append(i)
-            results[i] = pairs[:k]
-        pending, depth = short, min(len(live), depth * 4)
-    for i, qid in enumerate(queries):
-        pairs = results[i]
-        out.run[qid] = [p.doc if by_document else p.pid for p, _ in pairs]
-        out.scores[qid] = [s for _, s in pairs]
-        out.texts[qid] = [p.text for p, _ in pairs]
+    for qid, hits in zip(queries, ranked, strict=True):
+        passages = live.passages([r for r, _ in hits])
+        out.run[qid] = [p.doc if by_document else p.pid for p in passages]
+        out.scores[qid] = [s for _, s in hits]
+        out.texts[qid] = [p.text for p in passages]
     out.seconds = time.perf_counter() - start
     return out
 

@@ -4,7 +4,7 @@ Systems: a dense retriever (a model over a knowledge base, a built index, or a r
 over the same knowledge base, and their fusion. Each becomes a column of the table and an entry of
 the JSON report, which also records the data hashes, the model/index manifests, library versions,
 the seed and the wall time. With ``--index`` (and no ``--kb``), BM25 and the hybrid are the index's
-own (its ``bm25/``, :meth:`SearchIndex.hybrid_search` with the shared :class:`FusionConfig`), so
+own (its ``bm25/``, :meth:`LiveIndex.hybrid_search` with the shared :class:`FusionConfig`), so
 ``dpr eval --index`` measures exactly what ``dpr serve`` of that index answers.
 """
 from __future__ import annotations

@@ -196,14 +196,13 @@ def read_knowledge_base(kb_paths: Sequence[str | Path], chunk: str | None, encod
     return passages
 
 
-def documents_entry_for(passages: Sequence[Passage], chunk: str | None, live_from: int) -> dict[str, Any]:
-    """The manifest's ``documents`` entry: the chunk spec, the metadata fields' types, ``live_from``."""
+def documents_entry_for(passages: Sequence[Passage], chunk: str | None) -> dict[str, Any]:
+    """The manifest's ``documents`` entry, less ``live_from``: the chunk spec and the metadata fields' types."""
     try:
         fields = infer_schema((p.metadata for p in passages), where=lambda i: f"passage {passages[i].pid!r}")
     except ValueError as e:
         raise DataError(f"knowledge base: {e}") from None
-    return {"chunk": None if chunk is None else str(ChunkSpec.parse(chunk)), "metadata_fields": fields,
-            "live_from": live_from}
+    return {"chunk": None if chunk is None else str(ChunkSpec.parse(chunk)), "metadata_fields": fields}
 
 
 def build_index_from_vectors(
@@ -263,7 +262,7 @@ def build_index_from_vectors(
                      and flat_streaming_supported(dim))
     index = None if streamed_flat else create_index(source, resolved, progress=progress)
     hash_array = np.array([h.encode("ascii") for h in hashes], dtype=HASH_DTYPE)
-    documents = documents_entry_for(passages, chunk, 1)
+    documents = documents_entry_for(passages, chunk)      # refuses conflicting metadata types early
     previous = _previous_build(out_dir) if bm25 else None
     previous_manifest = _previous_manifest(previous)
     stats = build_stats or {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -162,7 +162,6 @@ class LiveIndex:
         """Write several documents with one ``fsync`` (each still one whole line), then apply them."""
         records = []
         for doc, passages, vectors in items:
-            self.check_metadata_types(doc.metadata)
             vectors = np.asarray(vectors, dtype=np.float32)
             if vectors.shape != (len(passages), self.index.dim) or not np.isfinite(vectors).all():
                 raise ValueError(f"vectors must be finite float32 [{len(passages)}, {self.index.dim}], "
@@ -198,7 +197,8 @@ class LiveIndex:
         """Delete the documents of ``doc_ids`` that exist, durably; returns those that did not."""
         self.refresh()
         missing = [d for d in doc_ids if not self.has_document(d)]
-        found = [d for d in dict.fromkeys(doc_ids) if d not in set(missing)]
+        absent = set(missing)
+        found = [d for d in dict.fromkeys(doc_ids) if d not in absent]
         if found:
             self.log.append([{"op": "delete", "id": d, "at": now()} for d in found], at_least=self.live_from)
             self.refresh()
@@ -328,9 +328,26 @@ class LiveIndex:
         it = iter(base)
         return [next(it) if r < n else view.passages[r - n] for r in rows]
 
-    def documents_of(self, rows: Sequence[int]) -> list[str]:
-        """The document of the passage at each of ``rows``."""
-        return [p.doc for p in self.passages(rows)]
+    def best_per_document(self, ranked_at: Callable[[int], Ranked], k: int) -> Ranked:
+        """Per query, the best passage of each of its top ``k`` documents. ``ranked_at(depth)`` ranks
+        passages for every query; it is asked again four times deeper while a query has fewer than
+        ``k`` documents and more passages could hold them."""
+        total = len(self)
+        depth = min(total, 4 * k)
+        while True:
+            out, short = [], False
+            for hits in ranked_at(depth):
+                seen: set[str] = set()
+                best = []
+                for hit, passage in zip(hits, self.passages([r for r, _ in hits]), strict=True):
+                    if passage.doc not in seen:
+                        seen.add(passage.doc)
+                        best.append(hit)
+                out.append(best[:k])
+                short |= len(best) < k and len(hits) >= depth
+            if not short or depth >= total:
+                return out
+            depth = min(total, depth * 4)
 
     def passage(self, pid: str) -> Passage | None:
         self.refresh()

@@ -201,7 +201,8 @@ class LiveLog:
             if self.path(position.file).stat().st_size > position.offset:
                 return True
         except FileNotFoundError:
-            return bool(self.files()) and self.files()[-1] > position.file
+            files = self.files()
+            return bool(files) and files[-1] > position.file
         return self.path(position.file + 1).exists()
 
 

@@ -20,7 +20,6 @@ import torch
 
 from common.data import Passage
 from common.files import read_json
-from common.fusion import FusionConfig
 from indexer.bm25_files import BM25_DIR, load_bm25
 from indexer.build import HASH_DTYPE
 from indexer.builds import BuildLease, build_name, current_build
@@ -265,24 +264,6 @@ class SearchIndex:
         scores, rows = self.bm25.search(list(queries), int(k), weight_mask=mask)
         return [[(int(r), float(s)) for r, s in zip(q_rows, q_scores) if s > 0]
                 for q_scores, q_rows in zip(scores, rows)]
-
-    def hybrid_search(self, query_emb: np.ndarray, queries: Sequence[str], k: int,
-                      fusion: FusionConfig = FusionConfig(),
-                      allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
-        """Dense and BM25 fused per query as ``fusion`` says (``depth`` candidates from each side);
-        up to ``k`` ``(row, fused score)`` per query, best first."""
-        fetch = max(int(k), fusion.depth)
-        sparse = self.bm25_search(queries, fetch, allowed)
-        scores, rows = self.search(query_emb, fetch, allowed)
-        if len(sparse) != len(rows):
-            raise ValueError(f"{len(queries)} query texts for {len(rows)} query embeddings")
-        out = []
-        for q_scores, q_rows, bm25_hits in zip(scores, rows, sparse):
-            dense = [(str(int(r)), float(s)) for r, s in zip(q_rows, q_scores) if r >= 0]
-            lexical = [(str(r), s) for r, s in bm25_hits]
-            fused = fusion.fuse(dense, lexical, depth=int(k))
-            out.append([(int(r), s) for r, s in fused])
-        return out
 
     def exact_search(self, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over the stored vectors (numpy), same contract as :meth:`search`."""

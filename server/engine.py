@@ -153,7 +153,7 @@ class Engine:
         """For each query, up to ``k`` hits ``{id, title, text, score, rank, doc_id, ...}``, best first.
 
         ``mode``: ``dense`` (the encoder), ``bm25`` or ``hybrid`` (both fused as the engine's
-        ``fusion`` says, see :meth:`SearchIndex.hybrid_search`); the last two need an index with BM25.
+        ``fusion`` says, see :meth:`LiveIndex.hybrid_search`); the last two need an index with BM25.
         ``query_emb``: embeddings of ``queries`` already computed (the micro-batcher encodes a whole
         batch at once). ``flt``: only passages whose metadata match. ``group_by="doc"``: ``k``
         documents, each as its best passage. ``timings``, if given, receives ``encode_ms``,
@@ -168,7 +168,7 @@ class Engine:
         if group_by is None:
             ranked = self._ranked(queries, k, mode, query_emb, flt)
         elif group_by == "doc":
-            ranked = self._by_document(queries, k, mode, query_emb, flt)
+            ranked = self.live.best_per_document(lambda depth: self._ranked(queries, depth, mode, query_emb, flt), k)
         else:
             raise ValueError(f"group_by must be 'doc' or None, got {group_by!r}")
         t2 = time.perf_counter()
@@ -189,29 +189,6 @@ class Engine:
         if mode == "bm25":
             return self.live.bm25_search(queries, k, flt)
         return self.live.hybrid_search(query_emb, queries, k, self.fusion, flt)
-
-    def _by_document(self, queries: Sequence[str], k: int, mode: str, query_emb: np.ndarray | None,
-                     flt: Filter | None) -> list[list[tuple[int, float]]]:
-        """The best passage of each of the top ``k`` documents: passages are fetched deeper (x4 each
-        round) until ``k`` documents are found or the knowledge base is exhausted."""
-        total = len(self.live)
-        depth = min(total, 4 * k)
-        while True:
-            ranked = self._ranked(queries, depth, mode, query_emb, flt)
-            out, short = [], False
-            for hits in ranked:
-                docs = self.live.documents_of([r for r, _ in hits])
-                seen: set[str] = set()
-                best = []
-                for (row, score), doc in zip(hits, docs, strict=True):
-                    if doc not in seen:
-                        seen.add(doc)
-                        best.append((row, score))
-                out.append(best[:k])
-                short |= len(best) < k and len(hits) >= depth
-            if not short or depth >= total:
-                return out
-            depth = min(total, depth * 4)
 
     def passage(self, pid: str) -> Passage | None:
         return self.live.passage(pid)
