@@ -1,15 +1,19 @@
 """The recall benchmark behind ``dpr bench recall`` (also ``python -m bench.recall``).
 
-One run, one machine, five rows: the zero-shot encoder, in-batch negatives, in-batch + model-mined hard
-negatives, BM25, and the hybrid of the best dense row with BM25. The hybrid's method and weight are
-chosen on the TRAINING questions (ranked in the same knowledge base), never on the held-out ones.
-Writes ``bench_recall.json`` (all figures with CIs, settings, times, data hashes, versions),
-``bench_recall.md`` (the table) and ``recall_curves.png`` into ``--out``.
+One run, one machine. The dense rows are named recipes (:data:`RECIPES`, plus ``--recipe``): by
+default the zero-shot encoder, in-batch negatives and in-batch + model-mined hard negatives; then
+BM25, and the hybrid of the best dense row with BM25. The hybrid's method and weight are chosen on
+the TRAINING questions (ranked in the same knowledge base), never on the held-out ones. Every row is
+paired-tested against the zero-shot and the in-batch rows (``--compare-to``) on the same held-out
+queries, and records its cost: training and evaluation time and peak RSS (:mod:`bench.recall_report`).
+Writes ``bench_recall.json`` (all figures with CIs, paired tests, costs, settings, data hashes,
+versions), ``bench_recall.md`` (the table) and ``recall_curves.png`` into ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import shlex
 import sys
@@ -20,10 +24,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.plot import markdown_table, plot_curves, recall_curve
-from bench.recall_data import BenchData, prepare
+from bench.plot import plot_curves, recall_curve
+from bench.recall_data import (
+    DEFAULT_BASELINES,
+    DEFAULT_ROWS,
+    RECIPES,
+    BenchData,
+    parse_recipe,
+    plan_rows,
+    prepare,
+)
+from bench.recall_report import (
+    COST_NOTES,
+    add_paired_tests,
+    bench_table,
+    measured,
+    paired_metrics,
+    print_report,
+    table_notes,
+    train_in_subprocess,
+)
 from common.data import Passage
-from common.files import write_json
+from common.files import atomic_write_text, write_json
 from common.flags import add_dataclass_arguments, dataclass_from_args, opt
 from common.fusion import RRF_K, FusionConfig
 from eval.bootstrap import DEFAULT_RESAMPLES
@@ -38,9 +60,6 @@ DEFAULT_VAL = Path("data/nq_oracle/nq-oracle-val.json")
 CURVE_K = 100
 # interp weights tried on the training questions, dense-heavy first: ties keep the denser mix.
 ALPHAS = tuple(round(0.95 - 0.05 * i, 2) for i in range(19))
-DENSE_ROWS = (("zero-shot", None), ("in-batch", "none"), ("in-batch+hard", "model"))
-DENSE_ROW_NAMES = tuple(name for name, _ in DENSE_ROWS)
-
 
 @dataclass(frozen=True)
 class BenchOptions:
@@ -59,9 +78,17 @@ class BenchOptions:
     n_resamples: int = opt(DEFAULT_RESAMPLES, "bootstrap resamples", flag="--resamples")
     batch_size: int = opt(64, "texts per encoder batch")
     progress: bool = opt(True, "progress bars")
-    # Fewer rows, less CPU on a big corpus.
-    rows: tuple[str, ...] = opt(DENSE_ROW_NAMES, "dense rows to run; BM25 and the hybrid always run",
-                                metavar="ROW,ROW")
+    # Fewer rows, less CPU on a big corpus. None: the default rows and every new --recipe.
+    rows: tuple[str, ...] | None = opt(None, f"dense rows to run, by recipe name ({', '.join(RECIPES)} or a "
+                                       f"--recipe); default: {','.join(DEFAULT_ROWS)} and each new --recipe. "
+                                       "BM25 and the hybrid always run", metavar="ROW,ROW", show_default=False)
+    recipes: tuple[str, ...] = opt((), "add or replace a row: NAME:JSON, its TrainConfig overrides (checked when "
+                                   "the row runs), e.g. 'window:{\"negative_ranks\":\"10:100\"}'; keys of the "
+                                   "benchmark's own: zero_shot (no training), start_from (ROW: train from that "
+                                   "row's model), unsupervised (passed on, with kb = the knowledge base); repeatable",
+                                   flag="--recipe", action="append", metavar="NAME:JSON", show_default=False)
+    baselines: tuple[str, ...] = opt(DEFAULT_BASELINES, "rows every row is paired-tested against, when they run",
+                                     flag="--compare-to", metavar="ROW,ROW")
     # TrainConfig fields passed through unchanged (tests use a tiny model with short sequences).
     train_overrides: Mapping[str, Any] = opt(default_factory=dict, cli=False)
 
@@ -71,9 +98,18 @@ class BenchOptions:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"cut-offs must be positive, got {list(self.ks)}")
         object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
-        unknown = sorted(set(self.rows) - set(DENSE_ROW_NAMES))
-        if unknown or not self.rows:
-            raise ValueError(f"--rows takes one or more of {', '.join(DENSE_ROW_NAMES)}; got {list(self.rows)}")
+        registry = self.registry
+        rows = self.rows if self.rows is not None else DEFAULT_ROWS + tuple(
+            name for name in registry if name not in RECIPES)
+        object.__setattr__(self, "rows", tuple(plan_rows(rows, registry)))
+        unknown = sorted(set(self.baselines) - set(registry) - {"bm25"})
+        if unknown:
+            raise ValueError(f"--compare-to: unknown row(s) {', '.join(unknown)} (rows: {', '.join(registry)}, bm25)")
+
+    @property
+    def registry(self) -> dict[str, dict[str, Any]]:
+        """:data:`RECIPES` with the ``--recipe`` entries added or replaced."""
+        return {**RECIPES, **dict(parse_recipe(text) for text in self.recipes)}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -99,27 +135,81 @@ def _encode_and_search(encoder: Any, kb: Sequence[Passage], query_sets: Sequence
     return out
 
 
-def _train(options: BenchOptions, data: BenchData, name: str, negatives: str) -> tuple[str, dict[str, Any]]:
-    from retriever.train import train
-    from retriever.train_config import TrainConfig
+def model_refs(options: BenchOptions, registry: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """The model each row evaluates (and a ``start_from`` row trains from): the base, or its training output."""
+    return {name: (str(recipe.get("model", options.model)) if recipe.get("zero_shot")
+                   else str(options.out / "models" / name)) for name, recipe in registry.items()}
 
-    config = TrainConfig(train=data.train_path, val=data.val_path, out=str(options.out / "models" / name),
-                         model=options.model, train_split=data.train_split, val_split=data.val_split,
-                         epochs=options.epochs, hard_negatives=negatives, seed=options.seed,
-                         **dict(options.train_overrides))
-    logger.info("training %s (%s hard negatives, %d epochs)", name, negatives, options.epochs)
-    result = train(config, progress=options.progress)
-    log = result.log
-    return config.out, {"config": config.to_dict(), "best_epoch": result.best_epoch,
-                        "total_seconds": log.get("total_seconds"),
-                        "epochs": [{k: v for k, v in row.items() if k != "metrics"} | {"val_metrics": row["metrics"]}
-                                   for row in log["epochs"]]}
+
+def row_config(options: BenchOptions, data: BenchData, name: str, recipe: Mapping[str, Any],
+               refs: Mapping[str, str], kb_file: Path | None) -> Any:
+    """The TrainConfig of a trained row: the benchmark's data and settings, ``train_overrides``, then
+    the recipe. Here a recipe's fields meet TrainConfig: one it lacks is refused, naming the row."""
+    from retriever.train_config import ENCODER_FIELDS, TrainConfig
+
+    values: dict[str, Any] = {"model": options.model, "epochs": options.epochs, "seed": options.seed,
+                              **options.train_overrides}
+    overrides = {k: v for k, v in recipe.items() if k not in ("zero_shot", "start_from")}
+    parent = recipe.get("start_from")
+    if parent is not None:
+        values["model"] = refs[parent]
+    if parent is not None and refs[parent] == str(options.out / "models" / parent):
+        given = sorted(set(overrides) & set(ENCODER_FIELDS))
+        if given:
+            raise ValueError(f"row {name} starts from {parent}'s saved model, which keeps its own encoder "
+                             f"options; drop {', '.join(given)}")
+        values = {k: v for k, v in values.items() if k not in ENCODER_FIELDS}
+    if recipe.get("unsupervised") and "kb" not in overrides:
+        values["kb"] = (str(kb_file),)
+    values.update(overrides)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    missing = sorted(set(values) - known)
+    if missing:
+        raise ValueError(f"row {name}: TrainConfig has no field {', '.join(missing)} (this trainer does not "
+                         f"support it yet?); the recipe: {json.dumps(dict(recipe))}")
+    # An unsupervised row sees no judged query at all: it trains on pseudo queries from the knowledge
+    # base and picks its checkpoint on held-out pseudo queries, so no label reaches it, dev ones included.
+    paths = ({"train": "", "val": ""} if values.get("unsupervised")
+             else {"train": data.train_path, "val": data.val_path})
+    try:
+        return TrainConfig(**paths, out=str(options.out / "models" / name),
+                           train_split=data.train_split, val_split=data.val_split, **values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"row {name}: {e}; the recipe: {json.dumps(dict(recipe))}") from None
+
+
+def _zero_shot_overrides(options: BenchOptions, name: str, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    from retriever.train_config import ENCODER_FIELDS
+
+    extra = sorted(set(recipe) - {"zero_shot", "model", *ENCODER_FIELDS})
+    if extra:
+        raise ValueError(f"row {name} is zero_shot (no training): only model and encoder fields "
+                         f"({', '.join(ENCODER_FIELDS)}) apply, not {', '.join(extra)}")
+    # The benchmark-wide encoder options are for --model; a recipe naming its own model gets only its own.
+    base = {} if "model" in recipe else {k: v for k, v in options.train_overrides.items()
+                                         if k in ENCODER_FIELDS and v is not None}
+    return base | {k: v for k, v in recipe.items() if k in ENCODER_FIELDS}
+
+
+def _write_kb(kb: Sequence[Passage], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps({"_id": p.pid, "title": p.title, "text": p.text}) + "\n"
+                                    for p in kb))
+    return path
+
+
+def _train(config: Any, name: str, progress: bool) -> dict[str, Any]:
+    """Train one row in its own process; ``{"best_epoch", "log", "seconds", "peak_rss_mb"}``."""
+    logger.info("training %s (%s hard negatives, %d epochs, from %s)", name, config.hard_negatives, config.epochs,
+                config.model)
+    return train_in_subprocess(config, progress)
 
 
 def _score(data_qrels: Mapping[str, Any], retrieval: Retrieval, ks: Sequence[int], options: BenchOptions,
            answers: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Per-query values kept: the paired tests between rows need them (on the same query ids).
     return evaluate_run(data_qrels, retrieval.run, ks, answers=answers, texts=retrieval.texts or None,
-                        n_resamples=options.n_resamples, seed=options.seed)
+                        n_resamples=options.n_resamples, seed=options.seed, keep_per_query=True)
 
 
 def tune_fusion(dense: Retrieval, sparse: Retrieval, qrels: Mapping[str, Any], k: int) -> dict[str, Any]:
@@ -141,6 +231,13 @@ def tune_fusion(dense: Retrieval, sparse: Retrieval, qrels: Mapping[str, Any], k
     return {"chosen": best, "grid": grid, "tuned_on": "training questions", "n_queries": len(qrels)}
 
 
+def _cost(m: Any, trained: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"train_seconds": trained["seconds"] if trained else None,
+            "train_process_seconds": trained["process_seconds"] if trained else None,
+            "train_peak_rss_mb": trained["peak_rss_mb"] if trained else None,
+            "eval_seconds": m.seconds, "eval_peak_rss_mb": m.peak_rss_mb, "eval_rss_scope": m.scope}
+
+
 def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, Any]:
     """Run the whole benchmark; returns the report (also written to ``options.out``)."""
     from retriever.encoder import load_encoder, model_ref
@@ -152,53 +249,75 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
     test, tune = data.test_set, data.train_set
     depth = max(max(options.ks), CURVE_K)
     answers = test.answers if test.has_answers else None
+    registry = options.registry
+    recipes = {name: registry[name] for name in options.rows}
+    refs = model_refs(options, registry)
+    kb_file = (_write_kb(data.kb, options.out / "data" / "kb.jsonl")
+               if any(r.get("unsupervised") and "kb" not in r for r in recipes.values()) else None)
+    # Every row's recipe meets TrainConfig (or the encoder) here, before the first row trains.
+    configs = {name: row_config(options, data, name, recipe, refs, kb_file)
+               for name, recipe in recipes.items() if not recipe.get("zero_shot")}
+    encoder_options = {name: _zero_shot_overrides(options, name, recipe)
+                       for name, recipe in recipes.items() if recipe.get("zero_shot")}
     rows: list[dict[str, Any]] = []
     runs: dict[str, Retrieval] = {}
     train_runs: dict[str, Retrieval] = {}
     training: dict[str, Any] = {}
 
-    for name, negatives in DENSE_ROWS:
-        if name not in options.rows:
-            continue
-        t0 = time.perf_counter()
-        ref = options.model
-        if negatives is not None:
-            ref, training[name] = _train(options, data, name, negatives)
-        encoder = load_encoder(ref, **({} if negatives else _encoder_overrides(options)))
-        same_kb = data.tune_kb is data.kb
-        found = _encode_and_search(encoder, data.kb, [test.queries] + ([tune.queries] if same_kb else []),
-                                   depth, options.batch_size, options.progress)
-        runs[name] = found[0]
-        train_runs[name] = found[1] if same_kb else _encode_and_search(
-            encoder, data.tune_kb, [tune.queries], depth, options.batch_size, options.progress)[0]
-        rows.append({"name": name, "kind": "dense", "model": model_ref(ref),
-                     "seconds": round(time.perf_counter() - t0, 1),
-                     **_score(test.qrels, runs[name], options.ks, options, answers)})
-        del encoder
+    for name, recipe in recipes.items():
+        trained = None
+        if name in configs:
+            t0 = time.perf_counter()
+            trained = {**_train(configs[name], name, options.progress),
+                       "process_seconds": round(time.perf_counter() - t0, 3)}
+            log = trained["log"]
+            training[name] = {"config": configs[name].to_dict(), "best_epoch": trained["best_epoch"],
+                              "total_seconds": log.get("total_seconds"),
+                              "epochs": [{k: v for k, v in row.items() if k != "metrics"}
+                                         | {"val_metrics": row["metrics"]} for row in log["epochs"]]}
+        with measured() as m:
+            encoder = load_encoder(refs[name], **encoder_options.get(name, {}))
+            same_kb = data.tune_kb is data.kb
+            found = _encode_and_search(encoder, data.kb, [test.queries] + ([tune.queries] if same_kb else []),
+                                       depth, options.batch_size, options.progress)
+            runs[name] = found[0]
+            train_runs[name] = found[1] if same_kb else _encode_and_search(
+                encoder, data.tune_kb, [tune.queries], depth, options.batch_size, options.progress)[0]
+            del encoder
+            scores = _score(test.qrels, runs[name], options.ks, options, answers)
+        cost = _cost(m, trained)
+        rows.append({"name": name, "kind": "dense", "model": model_ref(refs[name]), "recipe": recipe,
+                     "starts_from": recipe.get("start_from"), "unsupervised": bool(recipe.get("unsupervised")),
+                     "seconds": round((cost["train_seconds"] or 0) + cost["eval_seconds"], 1), "cost": cost,
+                     **scores})
 
-    t0 = time.perf_counter()
-    runs["bm25"] = retrieve_with_bm25(data.kb, test.queries, depth, options.progress)
-    train_runs["bm25"] = retrieve_with_bm25(data.tune_kb, tune.queries, depth, False)
+    with measured() as m:
+        runs["bm25"] = retrieve_with_bm25(data.kb, test.queries, depth, options.progress)
+        train_runs["bm25"] = retrieve_with_bm25(data.tune_kb, tune.queries, depth, False)
+        scores = _score(test.qrels, runs["bm25"], options.ks, options, answers)
     rows.append({"name": "bm25", "kind": "bm25", "library": "bm25s", "k1": 0.9, "b": 0.4,
-                 "seconds": round(time.perf_counter() - t0, 1),
-                 **_score(test.qrels, runs["bm25"], options.ks, options, answers)})
+                 "seconds": round(m.seconds, 1), "cost": _cost(m), **scores})
 
     # The best dense row by held-out Recall@5 (MRR@10 breaks ties): every row is in the table, so the
     # choice hides nothing; the fusion weight itself never sees a held-out question.
     best_dense = max((r for r in rows if r["kind"] == "dense"),
                      key=lambda r: (r["metrics"]["recall@5"]["value"], r["metrics"][f"mrr@{RANK_CUTOFF}"]["value"]))
-    tuning = tune_fusion(train_runs[best_dense["name"]], train_runs["bm25"], tune.qrels, depth)
-    chosen = tuning["chosen"]
-    label = (f"hybrid ({best_dense['name']} + bm25, "
-             + (f"interp a={chosen['alpha_dense']:.2f})" if chosen["method"] == "interp" else f"rrf k={RRF_K})"))
-    chosen_fusion = (FusionConfig(method="interp", alpha=chosen["alpha_dense"]) if chosen["method"] == "interp"
-                     else FusionConfig(method="rrf"))
-    runs[label] = fuse(runs[best_dense["name"]], runs["bm25"], depth, chosen_fusion)
+    with measured() as m:
+        tuning = tune_fusion(train_runs[best_dense["name"]], train_runs["bm25"], tune.qrels, depth)
+        chosen = tuning["chosen"]
+        label = (f"hybrid ({best_dense['name']} + bm25, "
+                 + (f"interp a={chosen['alpha_dense']:.2f})" if chosen["method"] == "interp" else f"rrf k={RRF_K})"))
+        chosen_fusion = (FusionConfig(method="interp", alpha=chosen["alpha_dense"]) if chosen["method"] == "interp"
+                         else FusionConfig(method="rrf"))
+        runs[label] = fuse(runs[best_dense["name"]], runs["bm25"], depth, chosen_fusion)
+        scores = _score(test.qrels, runs[label], options.ks, options, answers)
     rows.append({"name": label, "kind": "hybrid", "dense": best_dense["name"], "fusion": tuning,
-                 **_score(test.qrels, runs[label], options.ks, options, answers)})
+                 "seconds": round(m.seconds, 1), "cost": _cost(m), **scores})
 
+    paired = add_paired_tests(rows, options.baselines, paired_metrics(options.ks), options.n_resamples,
+                              options.seed)
     names = [f"recall@{k}" for k in options.ks] + [f"mrr@{RANK_CUTOFF}", f"ndcg@{RANK_CUTOFF}"]
-    table = markdown_table(rows, names)
+    table = bench_table(rows, names, paired["baselines"])
     curves = {row["name"]: recall_curve(test.qrels, runs[row["name"]].run, CURVE_K) for row in rows}
     title = f"Recall@k on {Path(str(test.path)).name} ({len(test)} held-out queries, {len(data.kb)} passages)"
     png = plot_curves(curves, options.out / "recall_curves.png", title)
@@ -206,20 +325,15 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
     report = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
         "options": options.to_dict(), "seed": options.seed, "n_resamples": options.n_resamples,
-        "data": {**data.notes, "sha256": hash_paths(files)},
+        "data": {**data.notes, "sha256": hash_paths(files)}, "recipes": recipes, "paired": paired,
+        "cost_notes": COST_NOTES,
         "rows": rows, "table": table, "curves": {"k": list(range(1, CURVE_K + 1)), "recall": curves},
         "training": training, "fusion": tuning, "plot": str(png),
         "environment": library_versions(), "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_json(options.out / "bench_recall.json", report)
-    (options.out / "bench_recall.md").write_text(table + "\n", encoding="utf-8")
+    (options.out / "bench_recall.md").write_text(f"{table}\n\n{table_notes(paired['baselines'])}\n", encoding="utf-8")
     return report
-
-
-def _encoder_overrides(options: BenchOptions) -> dict[str, Any]:
-    from retriever.train_config import ENCODER_FIELDS
-
-    return {k: v for k, v in options.train_overrides.items() if k in ENCODER_FIELDS and v is not None}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -231,20 +345,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return dataclass_from_args(BenchOptions, args)
-
-
-def print_report(report: Mapping[str, Any]) -> None:
-    data = report["data"]
-    print(f"held-out queries: {data['test_queries']}, knowledge base: {data['kb_passages']} passages, "
-          f"training queries: {data['train_queries']}")
-    print()
-    print(report["table"])
-    chosen = report["fusion"]["chosen"]
-    print(f"\nvalues in %, 95% bootstrap CI over queries; hybrid fusion {chosen['method']}"
-          f"{'' if chosen['alpha_dense'] is None else ' alpha_dense=' + format(chosen['alpha_dense'], '.2f')}"
-          f" chosen on the {report['fusion']['n_queries']} training questions; "
-          f"wall time {report['wall_seconds']}s\nwrote {report['options']['out']}/bench_recall.json, "
-          f"bench_recall.md, recall_curves.png")
 
 
 def run(args: argparse.Namespace) -> int:

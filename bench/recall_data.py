@@ -6,11 +6,16 @@
   SciFact, whose only qrels are ``train.tsv``), its queries are split by seed into train / dev / test
   (70 / 10 / 20): the trainer picks its checkpoint on dev, the table reports test. The split is written
   as a BEIR folder under the run directory whose corpus and queries are symlinks, so no data is copied.
+
+And the dense rows' recipes (:data:`RECIPES`): which rows exist, how ``--recipe`` adds one, and the
+order rows run in (a row after the row it starts from).
 """
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,3 +118,98 @@ def prepare(train: Path, val: Path, out: Path, seed: int, train_split: str = "tr
     notes.update(kb_passages=len(kb), extra_passages=[str(p) for p in extra_passages], extra_count=len(extra),
                  tune_kb_passages=len(tune_kb), train_queries=len(train_set), test_queries=len(test_set))
     return BenchData(*data_paths, train_set=train_set, test_set=test_set, kb=kb, tune_kb=tune_kb, notes=notes)
+
+
+# ----------------------------------------------------------------------------- the rows: recipes
+
+# The dense rows: name -> recipe. A recipe is TrainConfig overrides (on top of --model, --epochs,
+# --seed and the benchmark's data) plus the benchmark's own keys (RECIPE_KEYS):
+#   "zero_shot": true      no training: evaluate the base model (only "model" and encoder fields apply)
+#   "start_from": "ROW"    train from ROW's trained model (TrainConfig.model = its directory); ROW must
+#                          run too, and runs first
+#   "unsupervised": true   passed on as the TrainConfig override unsupervised=True, with kb = the
+#                          benchmark's knowledge base (data/kb.jsonl): the trainer uses no training questions
+# A recipe is checked against TrainConfig only when its row runs (before any row trains), so entries
+# may use fields this checkout's trainer does not have yet. --recipe NAME:JSON adds or replaces one.
+RECIPES: dict[str, dict[str, Any]] = {
+    "zero-shot": {"zero_shot": True},
+    "in-batch": {"hard_negatives": "none"},
+    "in-batch+hard": {"hard_negatives": "model"},
+    "unsupervised": {"unsupervised": True},
+    "unsupervised+supervised": {"start_from": "unsupervised", "hard_negatives": "model"},
+}
+DEFAULT_ROWS = ("zero-shot", "in-batch", "in-batch+hard")
+DEFAULT_BASELINES = ("zero-shot", "in-batch")
+RECIPE_KEYS = ("zero_shot", "start_from", "unsupervised")
+# TrainConfig fields the benchmark sets itself: the data and where the model goes.
+BENCH_FIELDS = ("train", "val", "out", "train_split", "val_split")
+RECIPE_EXAMPLE = """--recipe 'window:{"negative_ranks":"10:100"}'"""
+_ROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_recipe(name: str, recipe: Any) -> dict[str, Any]:
+    """The shape of a recipe (not its TrainConfig fields: those are checked when the row runs)."""
+    if not _ROW_NAME.fullmatch(name) or name == "bm25":
+        raise ValueError(f"recipe name {name!r}: use letters, digits and _ . + - (not 'bm25'), e.g. {RECIPE_EXAMPLE}")
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {name}: must be a JSON object of TrainConfig overrides, got "
+                         f"{type(recipe).__name__}, e.g. {RECIPE_EXAMPLE}")
+    for key in ("zero_shot", "unsupervised"):
+        if not isinstance(recipe.get(key, False), bool):
+            raise ValueError(f"recipe {name}: {key} must be true or false, got {recipe[key]!r}")
+    parent = recipe.get("start_from")
+    if parent is not None and not isinstance(parent, str):
+        raise ValueError(f"recipe {name}: start_from must name a row, got {parent!r}")
+    if recipe.get("zero_shot") and (parent is not None or recipe.get("unsupervised")):
+        raise ValueError(f"recipe {name}: a zero_shot row trains nothing: it cannot have start_from or unsupervised")
+    if parent is not None and "model" in recipe:
+        raise ValueError(f"recipe {name}: start_from sets the model (that row's); drop model")
+    owned = sorted(set(recipe) & set(BENCH_FIELDS))
+    if owned:
+        raise ValueError(f"recipe {name}: the benchmark sets {', '.join(owned)} itself (from --train, --val, "
+                         "--out, --train-split, --val-split)")
+    return recipe
+
+
+def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:JSON`` (``--recipe``) -> ``(name, recipe)``."""
+    name, sep, body = text.partition(":")
+    name = name.strip()
+    if not sep or not name or not body.strip():
+        raise ValueError(f"--recipe {text!r}: expected NAME:JSON (a JSON object of TrainConfig overrides), "
+                         f"e.g. {RECIPE_EXAMPLE}")
+    try:
+        recipe = json.loads(body)
+    except ValueError as e:
+        raise ValueError(f"--recipe {name}: not valid JSON ({e}): {body!r}; keys and strings need double "
+                         f"quotes, e.g. {RECIPE_EXAMPLE}") from None
+    return name, check_recipe(name, recipe)
+
+
+def plan_rows(rows: Sequence[str], registry: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``rows`` in the order they run: as given, except that a row runs after the row it starts from."""
+    selected = list(dict.fromkeys(rows))
+    unknown = [r for r in selected if r not in registry]
+    if unknown or not selected:
+        raise ValueError(f"--rows: {'unknown row(s) ' + ', '.join(unknown) if unknown else 'no row given'}; "
+                         f"known rows: {', '.join(registry)} (add one with {RECIPE_EXAMPLE})")
+    order: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in chain:
+            raise ValueError(f"--rows: start_from goes round in a circle: {' -> '.join((*chain, name))}")
+        parent = registry[name].get("start_from")
+        if parent is not None:
+            if parent not in registry:
+                raise ValueError(f"row {name} starts from {parent!r}, which is no row (known: {', '.join(registry)})")
+            if parent not in selected:
+                raise ValueError(f"row {name} starts from row {parent}, which is not selected: add it to --rows "
+                                 f"(e.g. --rows {','.join([*selected[:selected.index(name)], parent, name])})")
+            visit(parent, (*chain, name))
+        order.append(name)
+
+    for name in selected:
+        visit(name, ())
+    return order

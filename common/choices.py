@@ -7,6 +7,8 @@ from typing import Any, Literal, get_args
 
 Pooling = Literal["cls", "mean"]
 Similarity = Literal["dot", "cos"]
+# How a passage becomes tokens: the text pair (title, text), or the one string "title. text".
+PassageFormat = Literal["pair", "joined"]
 HardNegatives = Literal["none", "model", "bm25", "file"]
 MiningMethod = Literal["model", "bm25"]
 IndexType = Literal["flat", "hnsw", "ivfflat", "ivfpq"]
@@ -19,6 +21,7 @@ EventLoop = Literal["asyncio", "uvloop"]
 
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
+PASSAGE_FORMATS: tuple[str, ...] = get_args(PassageFormat)
 HARD_NEGATIVE_SOURCES: tuple[str, ...] = get_args(HardNegatives)
 MINING_METHODS: tuple[str, ...] = get_args(MiningMethod)
 INDEX_TYPES: tuple[str, ...] = get_args(IndexType)

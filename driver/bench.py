@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from driver.main import chosen
 
 BENCHES = {
-    "recall": ("bench.recall", "zero-shot, trained, BM25 and hybrid rows: Recall@k, MRR, nDCG with CIs, JSON and a "
-                               "PNG of Recall@k curves"),
+    "recall": ("bench.recall", "dense rows by recipe (zero-shot, in-batch, in-batch+hard, --recipe), BM25 and "
+                               "hybrid: Recall@k, MRR, nDCG with CIs, paired tests against zero-shot and in-batch, "
+                               "time and peak RSS per row; JSON, Markdown and a PNG of Recall@k curves"),
     "speed": ("bench.speed", "encoding throughput, int8 recall, HTTP latency (real KB and synthetic flat/HNSW/IVF), "
                              "throughput at concurrency 1/8/32 with and without micro-batching"),
     "reliability": ("reliability.checks", "fuzzing, load and hot swap, kill -9 of builds and training, corrupt, "

@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     print(report["table"])
     print(f"\nvalues in %, 95% bootstrap CI over queries ({report['n_resamples']} resamples, seed {report['seed']}); "
           f"wall time {report['wall_seconds']}s")
+    if report.get("comparison_table"):
+        paired = report["paired"]
+        print(f"\npaired tests against {report['baseline']} on the same {report['systems'][0]['n_queries']} queries "
+              f"(--baseline): difference in points, 95% paired-bootstrap CI; p: randomisation test "
+              f"({paired['randomization_resamples']} sign flips), two-sided; * p < 0.05\n")
+        print(report["comparison_table"])
     for name, path in (report.get("trec_runs") or {}).items():
         print(f"wrote the {name} run: {path}")
     if report.get("trec_qrels"):

@@ -6,6 +6,9 @@ the JSON report, which also records the data hashes, the model/index manifests, 
 the seed and the wall time. With ``--index`` (and no ``--kb``), BM25 and the hybrid are the index's
 own (its ``bm25/``, :meth:`LiveIndex.hybrid_search` with the shared :class:`FusionConfig`), so
 ``dpr eval --index`` measures exactly what ``dpr serve`` of that index answers.
+
+With two or more systems, each is paired-tested against the first (or ``--baseline``) on the same
+queries and the table's metrics: ``systems[i]["vs"][baseline][metric] = {diff, low, high, p}``.
 """
 from __future__ import annotations
 
@@ -63,6 +66,9 @@ class EvalOptions:
     n_resamples: int = opt(DEFAULT_RESAMPLES, "bootstrap resamples", flag="--resamples")
     seed: int = opt(DEFAULT_SEED, "bootstrap seed")
     progress: bool = opt(True, "progress bars")
+    baseline: str | None = opt(None, "with several systems: the one each other is paired-tested against (mean "
+                               "difference, 95% bootstrap interval, randomisation-test p); default: the first "
+                               "(dense, server-MODE, bm25 or hybrid-METHOD)", metavar="SYSTEM")
 
     def __post_init__(self) -> None:
         if not (self.model or self.index or self.url or self.bm25):
@@ -93,6 +99,21 @@ class EvalOptions:
         object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
         if self.batch_size < 1 or self.n_resamples < 1:
             raise ValueError("--batch-size and --resamples must be >= 1")
+        if self.baseline is not None and self.baseline not in self.system_names:
+            raise ValueError(f"--baseline {self.baseline}: not a system of this run "
+                             f"(it has {', '.join(self.system_names)})")
+
+    @property
+    def system_names(self) -> list[str]:
+        """The systems this run evaluates, in table order (:func:`retrieve_systems` names them so)."""
+        names = []
+        if self.index or self.model or self.url:
+            names.append("dense" if not self.url or self.server_mode == "dense" else f"server-{self.server_mode}")
+        if self.bm25:
+            names.append("bm25")
+        if self.hybrid:
+            names.append(f"hybrid-{self.hybrid}")
+        return names
 
     @property
     def filter_spec(self) -> dict[str, Any] | None:
@@ -216,6 +237,28 @@ def retrieve_systems(options: EvalOptions, evalset: EvalSet,
     return runs
 
 
+def compare_with_baseline(systems: list[dict[str, Any]], baseline: str, n_resamples: int, seed: int,
+                          metrics: list[str] | None = None) -> dict[str, Any]:
+    """Pair every system but ``baseline`` with it, on each of ``metrics`` (default: all) that every
+    system has per query (answer match has none); each gets
+    ``vs = {baseline: {metric: {"diff", "low", "high", "p"}}}``. Returns the report's ``baseline``,
+    ``paired`` (how) and ``comparison_table`` entries."""
+    from eval.compare import RANDOMIZATION_RESAMPLES, format_vs, paired_stats
+
+    base = next((s for s in systems if s["name"] == baseline), None)
+    if base is None:
+        raise ValueError(f"--baseline {baseline}: no such system (systems: {[s['name'] for s in systems]})")
+    metrics = [m for m in (metrics or base["per_query"]) if all(m in s["per_query"] for s in systems)]
+    for system in systems:
+        if system is not base:
+            system["vs"] = {baseline: paired_stats(system["per_query"], base["per_query"], metrics,
+                                                   n_resamples=n_resamples, seed=seed)}
+    return {"baseline": baseline, "comparison_table": format_vs(systems, baseline, metrics),
+            "paired": {"baseline": baseline, "metrics": metrics, "bootstrap_resamples": n_resamples,
+                       "randomization_resamples": max(n_resamples, RANDOMIZATION_RESAMPLES), "seed": seed,
+                       "confidence": 0.95, "diff": "system - baseline, per query, then averaged"}}
+
+
 def run_evaluation(options: EvalOptions, command: str | None = None, run_out: Path | None = None,
                    qrels_out: Path | None = None) -> dict[str, Any]:
     """Evaluate every requested system; the returned report is JSON-able and holds the table.
@@ -255,6 +298,10 @@ def run_evaluation(options: EvalOptions, command: str | None = None, run_out: Pa
         rows.append((name, result))
     multi = any(sum(g > 0 for g in judged.values()) > 1 for judged in evalset.qrels.values())
     report["systems"] = systems
+    shown = table_metrics(rows, multi_relevant=multi)
+    if len(systems) > 1:
+        report.update(compare_with_baseline(systems, options.baseline or systems[0]["name"],
+                                            options.n_resamples, options.seed, shown))
     if run_out is not None:
         from eval.trec import run_paths, write_run
 
@@ -266,7 +313,7 @@ def run_evaluation(options: EvalOptions, command: str | None = None, run_out: Pa
         from eval.trec import write_qrels
 
         report["trec_qrels"] = str(write_qrels(qrels_out, evalset.qrels))
-    report["table"] = format_table(rows, table_metrics(rows, multi_relevant=multi))
+    report["table"] = format_table(rows, shown)
     report["environment"] = library_versions()
     report["wall_seconds"] = round(time.perf_counter() - started, 3)
     return report

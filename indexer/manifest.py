@@ -39,7 +39,11 @@ _ENCODER_FIELDS = (
     (("encoder", "tie_encoders"), "tie_encoders"),
     (("encoder", "query_max_length"), "query_max_length"),
     (("encoder", "passage_max_length"), "passage_max_length"),
+    (("encoder", "passage_format"), "passage_format"),
 )
+# What a field missing from a ``describe()`` dict meant: models and indexes from before the field
+# existed encoded passages as a text pair.
+_ENCODER_DEFAULTS = {"passage_format": "pair"}
 
 
 def kb_sources(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -63,9 +67,17 @@ def _get(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 def encoder_differences(index_model: dict[str, Any], encoder_model: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(field, index_value, encoder_value)`` for every field where two ``describe()`` dicts disagree."""
-    return [(label, _get(index_model, keys), _get(encoder_model, keys))
-            for keys, label in _ENCODER_FIELDS
-            if _get(index_model, keys) != _get(encoder_model, keys)]
+    diffs = []
+    for keys, label in _ENCODER_FIELDS:
+        want, got = (_get_or_default(model, keys, label) for model in (index_model, encoder_model))
+        if want != got:
+            diffs.append((label, want, got))
+    return diffs
+
+
+def _get_or_default(data: dict[str, Any], keys: tuple[str, ...], label: str) -> Any:
+    value = _get(data, keys)
+    return _ENCODER_DEFAULTS.get(label) if value is None else value
 
 
 def check_encoder(manifest: dict[str, Any], encoder: Any, description: dict[str, Any] | None = None) -> None:

@@ -5,11 +5,13 @@ A batch lays out passages as ``[pos_1, neg_11 .. neg_1H, pos_2, neg_21 ..]`` (th
 other query, so a repeated passage, or one query's gold passage showing up as another query's
 passage, teaches the model to push a correct answer down. Examples that would cause that are
 deferred to a later batch; a hard negative that would cause it is replaced by the next candidate.
+When distilling, each batch also carries the teacher's score of every passage it placed, looked up
+by passage id, so a replaced negative brings its own score.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +28,10 @@ class Batch:
     qids: tuple[str, ...]
     questions: tuple[str, ...]
     passages: tuple[Passage, ...]
+    # The teacher's score of each passage, [B, 1+H] float32 in the grouped layout (NaN: never scored,
+    # e.g. a random filler), or None when not distilling. Under torchrun the loss reads it from the
+    # global batch, so shards need not carry it.
+    teacher_scores: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def group_size(self) -> int:
@@ -39,7 +45,7 @@ class Batch:
 class _Open:
     """A batch being filled: what it already holds, to test newcomers against."""
 
-    members: list[tuple[Example, list[Passage]]] = field(default_factory=list)
+    members: list[tuple[Example, list[Passage], Mapping[str, float] | None]] = field(default_factory=list)
     pids: set[str] = field(default_factory=set)        # every passage placed in the batch
     texts: set[str] = field(default_factory=set)
     golds: set[str] = field(default_factory=set)       # every positive of every member (pids and texts)
@@ -51,19 +57,24 @@ class _Open:
     def is_gold(self, p: Passage) -> bool:
         return p.pid in self.golds or p.text in self.golds
 
-    def add(self, example: Example, passages: list[Passage]) -> None:
-        self.members.append((example, passages))
+    def add(self, example: Example, passages: list[Passage], scores: Mapping[str, float] | None = None) -> None:
+        self.members.append((example, passages, scores))
         self.pids.update(p.pid for p in passages)
         self.texts.update(p.text for p in passages)
         self.golds.update(p.pid for p in example.positives)
         self.golds.update(p.text for p in example.positives)
         self.questions.add(example.question)
 
-    def close(self) -> Batch:
+    def close(self, with_scores: bool = False) -> Batch:
+        teacher = None
+        if with_scores:
+            teacher = np.array([[(scores or {}).get(p.pid, np.nan) for p in ps] for _, ps, scores in self.members],
+                               dtype=np.float32)                              # [B, 1+H]
         return Batch(
-            qids=tuple(ex.qid for ex, _ in self.members),
-            questions=tuple(ex.question for ex, _ in self.members),
-            passages=tuple(p for _, ps in self.members for p in ps),
+            qids=tuple(ex.qid for ex, _, _ in self.members),
+            questions=tuple(ex.question for ex, _, _ in self.members),
+            passages=tuple(p for _, ps, _ in self.members for p in ps),
+            teacher_scores=teacher,
         )
 
 
@@ -72,7 +83,8 @@ def _own_keys(example: Example) -> set[str]:
 
 
 def _try_add(batch: _Open, example: Example, candidates: Sequence[Passage], num_negatives: int,
-             filler: Sequence[Passage], rng: np.random.Generator) -> bool:
+             filler: Sequence[Passage], rng: np.random.Generator,
+             scores: Mapping[str, float] | None = None) -> bool:
     """Add ``example`` with its positive and ``num_negatives`` negatives, or return False."""
     own = _own_keys(example)
     if example.question in batch.questions or any(batch.holds(p) for p in example.positives):
@@ -100,7 +112,7 @@ def _try_add(batch: _Open, example: Example, candidates: Sequence[Passage], num_
             chosen.append(p)
     if len(chosen) <= num_negatives:
         return False
-    batch.add(example, chosen)
+    batch.add(example, chosen, scores)
     return True
 
 
@@ -111,6 +123,7 @@ def make_batches(
     num_hard_negatives: int = 0,
     negatives: Sequence[Sequence[Passage]] | None = None,
     filler: Sequence[Passage] = (),
+    teacher_scores: Sequence[Mapping[str, float]] | None = None,
 ) -> list[Batch]:
     """Shuffle ``examples`` into batches of up to ``batch_size`` questions.
 
@@ -118,11 +131,15 @@ def make_batches(
     its first ``num_hard_negatives`` usable ones, then random ``filler`` passages if it runs short.
     Every example lands in exactly one batch; conflicts only change which batch. A passage never
     appears twice in a batch (by id or text), and no member's gold passage is another member's passage.
+    ``teacher_scores[i]`` (passage id -> score) scores ``examples[i]``'s positives and candidates; given,
+    every batch gets :attr:`Batch.teacher_scores` (a filler passage gets NaN unless it happens to be scored).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if negatives is not None and len(negatives) != len(examples):
         raise ValueError(f"{len(negatives)} negative lists for {len(examples)} examples")
+    if teacher_scores is not None and len(teacher_scores) != len(examples):
+        raise ValueError(f"{len(teacher_scores)} teacher score maps for {len(examples)} examples")
     pending = [int(i) for i in rng.permutation(len(examples))]
     batches: list[Batch] = []
     rejected = 0
@@ -134,7 +151,8 @@ def make_batches(
                 deferred.extend(pending[pos:])
                 break
             candidates = negatives[i] if negatives is not None else ()
-            if not _try_add(batch, examples[i], candidates, num_hard_negatives, filler, rng):
+            scores = teacher_scores[i] if teacher_scores is not None else None
+            if not _try_add(batch, examples[i], candidates, num_hard_negatives, filler, rng, scores):
                 deferred.append(i)
                 rejected += 1
         if not batch.members:
@@ -143,7 +161,7 @@ def make_batches(
                 f"cannot find {num_hard_negatives} hard negative(s) for question {ex.question[:60]!r} "
                 f"that differ from its gold passage: give more candidates or a larger knowledge base"
             )
-        batches.append(batch.close())
+        batches.append(batch.close(with_scores=teacher_scores is not None))
         pending = deferred
     if rejected:
         logger.debug("batching deferred examples %d times to keep passages unique", rejected)

@@ -1,9 +1,11 @@
 """The dual encoder: one class that the trainer, indexer, server and eval all use.
 
 A query tower and a passage tower (shared weights when tied) built from any ``transformers``
-encoder checkpoint. Passages are encoded as ``title [SEP] text`` (a tokenizer text pair), the same
-way in training, indexing and serving. Pooling (``cls`` or ``mean``) and L2 normalisation (for
-cosine similarity) are explicit and saved in ``encoder_config.json``.
+encoder checkpoint. Passages are encoded as ``title [SEP] text`` (a tokenizer text pair) or, with
+``passage_format="joined"``, as the one string ``"title. text"``, the same way in training, indexing
+and serving (all through :meth:`DualEncoder.tokenize_passages`). Pooling (``cls`` or ``mean``), L2
+normalisation (for cosine similarity) and the passage format are explicit and saved in
+``encoder_config.json``.
 """
 from __future__ import annotations
 
@@ -196,6 +198,13 @@ class DualEncoder(nn.Module):
         ))
 
     def tokenize_passages(self, passages: Sequence[Passage], padding: bool | str = True) -> dict[str, Tensor]:
+        """The one place passages become tokens (training, indexing, serving), as ``passage_format`` says."""
+        if self.config.passage_format == "joined":
+            return self._inputs(self.tokenizer(
+                [joined_text(p) for p in passages], truncation=True,
+                max_length=self.config.passage_max_length, padding=padding,
+                return_tensors="pt" if padding else None,
+            ))
         # A text pair gives "[CLS] title [SEP] text [SEP]"; longest_first also survives huge titles.
         return self._inputs(self.tokenizer(
             [p.title for p in passages], [p.text for p in passages], truncation="longest_first",
@@ -286,6 +295,15 @@ class DualEncoder(nn.Module):
             if was_training:
                 self.train()
         return out
+
+
+def joined_text(passage: Passage) -> str:
+    """A passage as the one string ``"title. text"`` (``passage_format="joined"``); a title that already
+    ends a sentence gets no second period, and an untitled passage is its text alone."""
+    title = passage.title.strip()
+    if not title:
+        return passage.text
+    return f"{title} {passage.text}" if title.endswith((".", "!", "?")) else f"{title}. {passage.text}"
 
 
 def _chunks(order: np.ndarray, lengths: np.ndarray, size: int, max_tokens: int) -> Iterator[np.ndarray]:

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import logging
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,13 +152,23 @@ class OrtTower(nn.Module):
     An ``nn.Module`` without parameters so that :class:`DualEncoder` can hold it where the torch
     tower was; it cannot be trained or saved (the encoder refuses both). Its output carries
     ``embedding`` (pooled and normalised in the graph) instead of ``last_hidden_state``.
+
+    ``solo_session``: the same graph on more threads, used for a call made while no other call of
+    this tower runs. A server's worker threads each encode on one thread, so that under load they
+    never oversubscribe the cores; a lone query on an idle server is then left a core idle. Its pool
+    threads sleep instead of spinning when the call ends, so a solo call that overlaps a later one
+    costs that one no more than a busy core (on 2 busy cores: 8.06 ms a query against 8.03 ms on
+    one thread; with spinning 11.7 ms).
     """
 
-    def __init__(self, session: Any, config: Any, input_names: list[str]) -> None:
+    def __init__(self, session: Any, config: Any, input_names: list[str], solo_session: Any = None) -> None:
         super().__init__()
         self.session = session
+        self.solo_session = solo_session
         self.config = config
         self.input_names = input_names
+        self._running = 0
+        self._lock = threading.Lock()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> SimpleNamespace:
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
@@ -167,17 +178,26 @@ class OrtTower(nn.Module):
             if value is None:  # a BERT graph called without segments: all segment 0, as transformers does
                 value = torch.zeros_like(input_ids)
             feed[name] = value.detach().cpu().numpy().astype(np.int64, copy=False)
-        (embedding,) = self.session.run(["embedding"], feed)
+        with self._lock:
+            solo = self.solo_session is not None and self._running == 0
+            self._running += 1
+        try:
+            (embedding,) = (self.solo_session if solo else self.session).run(["embedding"], feed)
+        finally:
+            with self._lock:
+                self._running -= 1
         return SimpleNamespace(embedding=torch.from_numpy(embedding))
 
 
-def make_session(path: Path, threads: int | None = None) -> Any:
+def make_session(path: Path, threads: int | None = None, spinning: bool = True) -> Any:
     ort = _require_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Same budget as torch: the server and indexer size their thread count with torch.set_num_threads.
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -197,10 +217,13 @@ def release_freed_memory() -> None:
 
 
 def onnx_tower(model: PreTrainedModel, *, token_types: bool, quantize: str, head: Head,
-               threads: int | None = None) -> OrtTower:
-    """Export, fuse (and quantise) ``model`` + ``head`` and return it as an :class:`OrtTower`."""
+               threads: int | None = None, solo_threads: int | None = None) -> OrtTower:
+    """Export, fuse (and quantise) ``model`` + ``head`` and return it as an :class:`OrtTower`
+    (with a ``solo_threads`` session for lone calls when that is more threads than ``threads``)."""
+    threads = threads or torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="dpr-onnx-") as tmp:
         path = export_tower(model, Path(tmp), token_types=token_types, quantize=quantize, head=head)
         session = make_session(path, threads)  # reads the whole file: the directory can go
+        solo = make_session(path, solo_threads, spinning=False) if solo_threads and solo_threads > threads else None
     names = [i.name for i in session.get_inputs()]
-    return OrtTower(session, model.config, names)
+    return OrtTower(session, model.config, names, solo_session=solo)

@@ -29,10 +29,11 @@ def check_runtime(runtime: str) -> str:
 
 
 def prepare_encoder(encoder: DualEncoder, runtime: str = "torch", quantize: str = "none",
-                    threads: int | None = None) -> DualEncoder:
+                    threads: int | None = None, solo_threads: int | None = None) -> DualEncoder:
     """``encoder`` switched, in place, to ``runtime`` at precision ``quantize``; returns it.
 
-    ``threads``: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
+    ``threads``: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``);
+    ``solo_threads``: threads of a call made while no other runs (see :class:`OrtTower`).
     """
     check_runtime(runtime)
     check_mode(quantize)
@@ -47,7 +48,8 @@ def prepare_encoder(encoder: DualEncoder, runtime: str = "torch", quantize: str 
 
     token_types = encoder._accepts_token_types
     encoder.replace_towers(lambda tower: onnx_tower(tower, token_types=token_types, quantize=quantize,
-                                                    head=encoder.head, threads=threads),
+                                                    head=encoder.head, threads=threads,
+                                                    solo_threads=solo_threads),
                            runtime=runtime, quantization=quantize, what="runtime 'onnx'")
     release_freed_memory()
     logger.info("encoder runs on onnxruntime (%s)", "int8 dynamic" if quantize == "int8" else "fp32")

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.data import Passage
 from common.files import write_json
 from retriever.batching import make_batches
 from retriever.checkpoint import (
@@ -43,19 +42,31 @@ from retriever.checkpoint import (
 )
 from retriever.distributed import DistContext, all_gather_object, barrier, broadcast_object, setup, teardown
 from retriever.encoder import model_ref
-from retriever.train_config import RESUME_FREE_FIELDS, TRAIN_CONFIG_FILE, TRAIN_LOG_FILE, TrainConfig
+from retriever.mining import PassageVectors
+from retriever.teacher import build_teacher
+from retriever.train_config import (
+    RESUME_FREE_FIELDS,
+    TRAIN_CONFIG_FILE,
+    TRAIN_LOG_FILE,
+    TrainConfig,
+    config_differences,
+)
 from retriever.train_setup import (
+    RoundNegatives,
     build_model,
     build_optimizer,
     check_file_negatives,
     hard_negatives_for,
     linear_schedule,
     load_data,
+    loss_config_for,
+    mine_round,
     needs_mining,
+    passages_by_id,
     seed_everything,
 )
 from retriever.train_step import train_step, wrap_towers
-from retriever.validation import evaluate
+from retriever.validation import EvalEncoder, evaluate, format_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -75,20 +86,14 @@ class TrainResult:
 # ----------------------------------------------------------------------------- the loop
 
 
-def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    """Fields (other than :data:`RESUME_FREE_FIELDS`) in which ``config`` differs from a saved config."""
-    current = config.to_dict()
-    saved = TrainConfig.from_dict(saved).to_dict()
-    return [f"{k}: saved {saved[k]!r}, now {current[k]!r}" for k in current
-            if k not in RESUME_FREE_FIELDS and saved[k] != current[k]]
-
-
 class Trainer:
     """One training run's state; :func:`train` is the way in.
 
     Everything that decides the next step (weights, optimizer, scheduler, counters, negatives, RNG)
     lives here and goes into the resume checkpoint, so a resumed run takes the same steps.
     """
+
+    reuse_vectors = True   # mining reuses validation's passage vectors (tests switch it off to compare)
 
     def __init__(self, config: TrainConfig, ctx: DistContext, progress: bool = True,
                  on_step: Callable[[int], None] | None = None) -> None:
@@ -100,12 +105,21 @@ class Trainer:
         self.model = build_model(config).to(ctx.device)
         if config.hard_negatives == "file":
             check_file_negatives(config, self.data)
+        self.loss_config = loss_config_for(config, self.model)
+        # Built before any step (and before a resume loads later weights): the hybrid teacher is the
+        # starting model, frozen. Only rank 0 scores; the others receive the scores.
+        self.teacher = (build_teacher(config.teacher, self.model, self.data.mining_kb, config.eval_batch_size)
+                        if config.distill_weight and ctx.is_main else None)
         self.towers = wrap_towers(self.model, ctx)
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.schedule: dict[str, int] = {}
         self.epoch, self.batch_index, self.global_step = 1, 0, 0
-        self.negatives: list[list[Passage]] | None = None
+        self.negatives: RoundNegatives | None = None
+        # The last validation's val_kb vectors until a step; memory only (a resumed run encodes again).
+        self.kb_vectors: PassageVectors | None = None
+        # What validation and mining encode with: the model itself, or a frozen ONNX Runtime copy of it.
+        self.eval_encoder = EvalEncoder(config.eval_runtime)
         self.best_key: tuple[float, float] | None = None
         self.row: dict[str, Any] = {}
         self.seconds_before = 0.0
@@ -114,8 +128,7 @@ class Trainer:
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": model_ref(config.model), "encoder": self.model.config.to_dict(), "device": str(ctx.device),
             "world_size": ctx.world_size,
-            "data": {"train": len(self.data.train), "val": len(self.data.val), "val_kb": len(self.data.val_kb),
-                     "mining_kb": len(self.data.mining_kb)},
+            "data": self.data.summary(),
             "best_metric": config.val_metric, "tie_break": TIE_BREAK, "epochs": [], "steps": [], "finished": False,
         }
 
@@ -148,11 +161,11 @@ class Trainer:
                                "(`dpr train --resume %s` would have continued it)", self.out, self.out)
                 shutil.rmtree(resume_dir(self.out))
             t0 = time.perf_counter()
-            metrics = self._evaluate()
-            self.log["epochs"].append({"epoch": 0, "metrics": metrics,
-                                       "eval_seconds": round(time.perf_counter() - t0, 1)})
+            row = {"epoch": 0, **self._evaluate()}
+            metrics = row["metrics"]
+            self.log["epochs"].append({**row, "eval_seconds": round(time.perf_counter() - t0, 1)})
             self.log.update(best_epoch=0, best_value=metrics[self.config.val_metric])
-            logger.info("epoch 0 (start): %s", _fmt(metrics))
+            logger.info("epoch 0 (start): %s", format_metrics(metrics))
             self._save_best()
         self.log = broadcast_object(self.ctx, self.log)
         self.best_key = tuple(broadcast_object(self.ctx, _rank_key(self.log["epochs"][0]["metrics"], self.config)))
@@ -163,17 +176,23 @@ class Trainer:
             t0 = time.perf_counter()
             self.row = {"epoch": epoch}
             if needs_mining(config, epoch):
-                self.negatives = self._mine()
-                self.row["mined_at"] = epoch
+                known = self.kb_vectors if self.reuse_vectors else None
+                known = known if known is not None and known.step == self.global_step else None
+                self.negatives = mine_round(config, self.model, self.data, self.ctx, self.teacher, epoch,
+                                            self.progress, known,
+                                            lambda: self.eval_encoder.get(self.model, self.global_step)[0])
+                self.row.update(mined_at=epoch, mine_reused_vectors=self.negatives.reused_vectors)
             self.row["mine_seconds"] = round(time.perf_counter() - t0, 1)
             mined_at = max([r.get("mined_at", 0) for r in self.log["epochs"]] + [self.row.get("mined_at", 0)])
             self.row["negatives"] = ({"source": config.hard_negatives, "per_question": config.num_hard_negatives,
-                                      "mined_before_epoch": mined_at or None}
-                                     if config.uses_hard_negatives else {"source": "none"})
+                                      "mined_before_epoch": mined_at or None, "digest": self.negatives.digest()}
+                                     if self.negatives is not None else {"source": "none"})
             self.row["train_seconds"] = 0.0
+        negatives = self.negatives or RoundNegatives([])
         batches = make_batches(self.data.train, config.batch_size, np.random.default_rng([config.seed, epoch]),
                                num_hard_negatives=config.num_hard_negatives if config.uses_hard_negatives else 0,
-                               negatives=self.negatives, filler=self.data.mining_kb)
+                               negatives=negatives.passages or None, filler=self.data.mining_kb,
+                               teacher_scores=negatives.teacher_scores)
         if self.scheduler is None:
             # Sized from real batches: deferring a conflicting example can add one per epoch.
             total = len(batches) * config.epochs
@@ -192,12 +211,17 @@ class Trainer:
                 if len(batch.passages) < 2 or len(batch) < self.ctx.world_size:
                     continue
                 lr = self.scheduler.get_last_lr()[0]
-                loss, accuracy = train_step(self.model, batch, self.optimizer, self.scheduler, config.max_grad_norm,
-                                            self.ctx.device, towers=self.towers, ctx=self.ctx,
-                                            grad_cache_chunk=config.grad_cache_chunk)
+                loss, accuracy, terms = train_step(self.model, batch, self.optimizer, self.scheduler,
+                                                   config.max_grad_norm, self.ctx.device, towers=self.towers,
+                                                   ctx=self.ctx, grad_cache_chunk=config.grad_cache_chunk,
+                                                   loss_config=self.loss_config)
                 self.global_step += 1
+                self.kb_vectors = None
+                self.eval_encoder.drop()
                 self.log["steps"].append({"epoch": epoch, "loss": round(loss, 5), "accuracy": round(accuracy, 4),
-                                          "lr": lr, "step": self.global_step})
+                                          "lr": lr, "step": self.global_step,
+                                          **({k: round(v, 5) for k, v in terms.items()}
+                                             if self.loss_config.distills else {})})
                 recent = self.log["steps"][-10:]
                 bar.set_postfix(loss=f"{np.mean([s['loss'] for s in recent]):.4f}",
                                 acc=f"{np.mean([s['accuracy'] for s in recent]):.3f}")
@@ -217,15 +241,18 @@ class Trainer:
         row = self.row
         row.update(loss=float(np.mean([s["loss"] for s in steps])) if steps else float("nan"), steps=len(steps),
                    accuracy=float(np.mean([s["accuracy"] for s in steps])) if steps else float("nan"))
+        if self.loss_config.distills:
+            row["distill_loss"] = float(np.mean([s["distill"] for s in steps])) if steps else float("nan")
         if self.ctx.is_main:
             t0 = time.perf_counter()
-            metrics = self._evaluate()
-            row.update(metrics=metrics, eval_seconds=round(time.perf_counter() - t0, 1))
+            row.update(self._evaluate())
+            metrics = row["metrics"]
+            row["eval_seconds"] = round(time.perf_counter() - t0, 1)
             key = _rank_key(metrics, self.config)
             row["best"] = key > self.best_key
             self.log["epochs"].append(row)
             logger.info("epoch %d: loss %.4f, in-batch accuracy %.3f, %s%s", self.epoch, row["loss"], row["accuracy"],
-                        _fmt(metrics), " (best so far)" if row["best"] else "")
+                        format_metrics(metrics), " (best so far)" if row["best"] else "")
             if row["best"]:
                 self.log.update(best_epoch=self.epoch, best_value=metrics[self.config.val_metric])
                 self.best_key = key
@@ -236,25 +263,15 @@ class Trainer:
         self.best_key = tuple(broadcast_object(self.ctx, self.best_key))
         self.row = {}
 
-    def _evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.data.val, self.data.val_kb, self.config.eval_ks,
-                        self.config.eval_batch_size, self.progress)
+    def _evaluate(self) -> dict[str, Any]:
+        """An epoch row's ``metrics``, ``eval_runtime`` and (when the weights were exported) ``export_seconds``."""
+        def keep(vectors: np.ndarray) -> None:
+            self.kb_vectors = PassageVectors(self.data.val_kb, vectors, self.global_step)
 
-    def _mine(self) -> list[list[Passage]]:
-        if self.config.hard_negatives == "file":
-            return hard_negatives_for(self.config, self.model, self.data, self.progress)
-        # Rank 0 mines (the weights are the same everywhere) and the others get the passage ids.
-        mined = hard_negatives_for(self.config, self.model, self.data, self.progress) if self.ctx.is_main else None
-        ids = broadcast_object(self.ctx, None if mined is None else _ids(mined))
-        return mined if mined is not None else self._passages(ids)
-
-    def _passages(self, ids: list[list[str]]) -> list[list[Passage]]:
-        by_id = {p.pid: p for p in self.data.mining_kb}
-        unknown = sorted({pid for row in ids for pid in row if pid not in by_id})
-        if unknown:
-            raise ValueError(f"{self.out}: resume state names hard negatives not in the mining knowledge base "
-                             f"(e.g. {unknown[:3]}); was the data changed?")
-        return [[by_id[pid] for pid in row] for row in ids]
+        encoder, exported = self.eval_encoder.get(self.model, self.global_step)
+        return {"eval_runtime": self.config.eval_runtime, **({} if exported is None else {"export_seconds": exported}),
+                "metrics": evaluate(encoder, self.data.val, self.data.val_kb, self.config.eval_ks,
+                                    self.config.eval_batch_size, self.progress, on_vectors=keep)}
 
     def _save_best(self) -> None:
         # The model directory is replaced as a whole, so the JSON files beside the weights go in again.
@@ -278,8 +295,7 @@ class Trainer:
             trainer = {"epoch": self.epoch, "batch_index": self.batch_index, "global_step": self.global_step,
                        "schedule": self.schedule, "row": self.row, "log": self.log,
                        "best_key": list(self.best_key or ()), "seconds": round(self._seconds(), 1),
-                       "negatives": _ids(self.negatives) if self.negatives is not None
-                       and self.config.hard_negatives != "file" else None}
+                       **(self.negatives or RoundNegatives([])).state(self.config.hard_negatives != "file")}
             save_resume(self.out, self.model, self.optimizer, self.scheduler, trainer, torch_rng,
                         self.config.to_dict(), cuda_rng=cuda_rng)
         barrier(self.ctx)
@@ -302,10 +318,13 @@ class Trainer:
         self.epoch, self.batch_index, self.global_step = int(t["epoch"]), int(t["batch_index"]), int(t["global_step"])
         self.row, self.log, self.seconds_before = t["row"], t["log"], float(t["seconds"])
         self.best_key = tuple(t["best_key"]) if t["best_key"] else None
+        # Teacher scores come back as they were computed (the starting model's), also for a file.
+        scores = t.get("teacher_scores")
         if t["negatives"] is not None:
-            self.negatives = self._passages(t["negatives"])
+            self.negatives = RoundNegatives(passages_by_id(t["negatives"], self.data.mining_kb, str(state.path)),
+                                            scores)
         elif self.config.hard_negatives == "file" and self.config.uses_hard_negatives:
-            self.negatives = hard_negatives_for(self.config, self.model, self.data, False)
+            self.negatives = RoundNegatives(hard_negatives_for(self.config, self.model, self.data, False), scores)
         self.log.setdefault("resumed", []).append({"global_step": self.global_step, "world_size": self.ctx.world_size,
                                                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         if len(state.torch_rng) != self.ctx.world_size:
@@ -320,10 +339,6 @@ class Trainer:
                                "the GPU will differ from an uninterrupted run")
         logger.info("resuming %s at epoch %d, batch %d (global step %d)", self.out, self.epoch, self.batch_index,
                     self.global_step)
-
-
-def _ids(negatives: Sequence[Sequence[Passage]]) -> list[list[str]]:
-    return [[p.pid for p in row] for row in negatives]
 
 
 def train(config: TrainConfig, progress: bool = True, *, resume: bool = False,
@@ -378,10 +393,6 @@ def _rank_key(metrics: dict[str, float], config: TrainConfig) -> tuple[float, fl
     # Recall@5 saturates quickly (MiniLM starts at 99.2 on nq_oracle), so ties are common: MRR@10 breaks them.
     # On SciFact Recall@5 fell while nDCG@10 rose after one epoch: graded, multi-relevant data selects on nDCG.
     return metrics[config.val_metric], metrics[TIE_BREAK]
-
-
-def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items())
 
 
 if __name__ == "__main__":

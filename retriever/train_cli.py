@@ -21,6 +21,11 @@ examples:
   dpr train --train beir/ --val beir/ --train-split train --val-split val --out runs/beir
   # a batch of 128 with the activation memory of 16 texts: gradient caching (same gradient, one extra forward pass)
   dpr train --train train.json --val val.json --out runs/big --batch-size 128 --grad-cache-chunk 16
+  # no labelled questions: adapt to a knowledge base on pseudo queries made from its passages (ICT);
+  # the checkpoint is picked on held-out pseudo queries, or on --val questions if given
+  dpr train --unsupervised --kb corpus.jsonl --out runs/adapted [--val val.json] [--pseudo-method crop]
+  # then fine-tune the adapted model on labelled questions
+  dpr train --train train.json --val val.json --model runs/adapted --out runs/adapted+sup
   # continue a run that was killed (its <out>/resume is written every --checkpoint-every steps)
   dpr train --resume runs/minilm
   # N processes (GPUs, or CPU with gloo): each takes 1/N of every global batch, same results as 1
@@ -55,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
         if args.out not in (None, args.resume):
             raise ValueError(f"--resume {args.resume} continues into its own directory; drop --out {args.out}")
         config = resume_config(args.resume, given_fields(args, TrainConfig))
-    elif args.train is None or args.val is None or args.out is None:
-        raise ValueError("--train, --val and --out are required (or --resume OUT to continue a run)")
+    elif args.out is None or (not args.unsupervised and (args.train is None or args.val is None)):
+        raise ValueError("--train, --val and --out are required (or --unsupervised --kb KB --out OUT to train on "
+                         "pseudo queries from a knowledge base, or --resume OUT to continue a run)")
     else:
         config = config_from_args(args)
     result = train(config, progress=not args.no_progress, resume=bool(args.resume))

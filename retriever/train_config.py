@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from common.choices import HARD_NEGATIVE_SOURCES, POOLINGS, SIMILARITIES, HardNegatives, Pooling, Similarity
+from common.choices import (
+    HARD_NEGATIVE_SOURCES,
+    PASSAGE_FORMATS,
+    POOLINGS,
+    SIMILARITIES,
+    HardNegatives,
+    PassageFormat,
+    Pooling,
+    Similarity,
+)
 from common.data import is_beir_dir
 from common.files import check_config_keys, read_json
 from common.flags import opt
@@ -17,7 +27,24 @@ TRAIN_LOG_FILE = "train_log.json"
 # Fields a resumed run may change: they decide where and how fast it runs, not which steps it takes.
 RESUME_FREE_FIELDS = ("device", "checkpoint_every", "grad_cache_chunk", "eval_batch_size", "dist_timeout_minutes")
 # The encoder fields a fresh model takes from the command line; None means EncoderConfig's default.
-ENCODER_FIELDS = ("pooling", "similarity", "temperature", "tie_encoders", "query_max_length", "passage_max_length")
+ENCODER_FIELDS = ("pooling", "similarity", "temperature", "tie_encoders", "query_max_length", "passage_max_length",
+                  "passage_format")
+HYBRID_TEACHER = "hybrid"
+# The hybrid teacher's scores are min-max normalised to [0, 1] per candidate list (retriever.teacher):
+# at 0.1 the best candidate is e^10 times likelier than the worst. Untuned; benchmarks will tell.
+HYBRID_TEACHER_TEMPERATURE = 0.1
+# How validation (and mining) encode: the training model in torch, or a frozen ONNX Runtime copy of its
+# current weights, fp32 or int8 (retriever.validation.EvalEncoder).
+EvalRuntime = Literal["torch", "onnx", "onnx-int8"]
+EVAL_RUNTIMES: tuple[str, ...] = get_args(EvalRuntime)
+
+
+def parse_rank_window(text: str) -> tuple[int, int]:
+    """``"START:END"`` as ``(start, end)``: 0-based ranks ``start .. end - 1`` (END exclusive, START < END)."""
+    found = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not found or int(found.group(1)) >= int(found.group(2)):
+        raise ValueError(f"negative ranks must be START:END with 0 <= START < END, got {text!r}")
+    return int(found.group(1)), int(found.group(2))
 
 
 @dataclass(frozen=True)
@@ -30,17 +57,36 @@ class TrainConfig:
     15 minutes on 2 CPU cores.
     """
 
-    train: str = opt(help="training questions: nq_oracle JSON/JSONL, DPR JSON or a BEIR folder", group="data",
-                     metavar="PATH")
-    val: str = opt(help="validation questions (same layouts)", group="data", metavar="PATH")
-    out: str = opt(help="where the best checkpoint, train_config.json and train_log.json go (--train, --val and "
-                        "--out are required unless --resume)", group="data", metavar="DIR")
+    # "" = not given: --train and --val are required, except that --unsupervised takes no --train and
+    # makes --val optional; --out is always required (__post_init__ checks).
+    train: str = opt("", "training questions: nq_oracle JSON/JSONL, DPR JSON or a BEIR folder", group="data",
+                     metavar="PATH", show_default=False)
+    val: str = opt("", "validation questions (same layouts); optional with --unsupervised", group="data",
+                   metavar="PATH", show_default=False)
+    out: str = opt("", "where the best checkpoint, train_config.json and train_log.json go (--train, --val and "
+                   "--out are required unless --resume; --unsupervised needs --kb and --out)", group="data",
+                   metavar="DIR", show_default=False)
     kb: tuple[str, ...] = opt((), "validation knowledge base (repeatable; JSONL, BEIR folder or question files); "
-                              "default: the gold passages of --train and --val", group="data", action="append",
-                              metavar="PATH", show_default=False)
+                              "default: the gold passages of --train and --val. With --unsupervised also the "
+                              "passages pseudo queries are made from and negatives mined from", group="data",
+                              action="append", metavar="PATH", show_default=False)
     train_split: str = opt("train", "BEIR qrels split for --train", group="data")
     val_split: str | None = opt(None, "BEIR qrels split for --val; none: val, dev or test, whichever exists",
                                 group="data")
+    # Unsupervised adaptation (retriever.unsupervised): pseudo queries from retriever.pseudo_queries,
+    # whose other options keep PseudoQueryConfig's defaults; the seed is --seed.
+    unsupervised: bool = opt(False, "train on pseudo queries made from the --kb passages: no labelled questions "
+                             "(no --train)", group="unsupervised")
+    pseudo_method: str = opt("ict", "ict (one sentence of a passage is the query, the rest its positive) or "
+                             "crop (two disjoint spans of a passage)", group="unsupervised", metavar="ict|crop")
+    # Training time scales with the examples, not the KB (a KB of millions of passages would take days
+    # per epoch on one GPU); 5000 is ~160 steps of 32 per epoch. Mining and validation still encode the
+    # whole KB.
+    pseudo_max_examples: int = opt(5000, "at most N pseudo training examples, from passages sampled by --seed "
+                                   "(0: one from every usable passage)", group="unsupervised", metavar="N")
+    pseudo_val: int = opt(200, "without --val: hold out N pseudo queries (at most a fifth of them; their passages "
+                          "make no training example) and pick the checkpoint on them, ranked against the whole "
+                          "--kb", group="unsupervised", metavar="N")
     model: str = opt("minilm", "base checkpoint (hub name, local dir, or 'minilm', the packaged offline default) "
                      "or a saved dual-encoder dir to continue from", group="model")
     # Encoder options for a fresh model (None = EncoderConfig's defaults); a saved model keeps its own.
@@ -50,6 +96,8 @@ class TrainConfig:
     tie_encoders: bool | None = opt(None, "one shared encoder for queries and passages (none: tied)", group="model")
     query_max_length: int | None = opt(None, "new models only (none: 64 tokens)", group="model")
     passage_max_length: int | None = opt(None, "new models only (none: 256 tokens)", group="model")
+    passage_format: PassageFormat | None = opt(None, "new models only: pair (title [SEP] text) or joined (the one "
+                                               "string 'title. text') (none: pair)", group="model")
     epochs: int = opt(2, "passes over the training questions", group="optimisation")
     batch_size: int = opt(32, "questions per batch (the global batch under torchrun)", group="optimisation")
     lr: float = opt(2e-5, "peak learning rate (AdamW, linear warmup and decay)", group="optimisation")
@@ -72,6 +120,27 @@ class TrainConfig:
     skip_answer_negatives: bool = opt(True, "never use a passage containing an answer string as a negative",
                                       group="hard negatives")
     mine_depth: int = opt(100, "how deep to look for negatives past the filtered passages", group="hard negatives")
+    # Ranks count the mined ranking once gold, repeated and (with --skip-answer-negatives) answer-bearing
+    # passages are removed, before --negative-margin drops any (retriever.mining.select_negatives).
+    negative_ranks: str | None = opt(None, "mine negatives at random from ranks START..END-1 (0-based, END "
+                                     "exclusive) of the ranking after gold, repeated and skipped answer passages "
+                                     "are removed; a new seeded sample each mining round (none: the top ranks in "
+                                     "order)", group="hard negatives", metavar="START:END")
+    negative_margin: float = opt(0.0, "relative margin M: drop a mined candidate scoring above (1 - M) x the "
+                                 "score of the question's best positive under the same ranker, likely an "
+                                 "unlabelled positive (0: off)", group="hard negatives", metavar="M")
+    symmetric: bool = opt(False, "also passage-to-query cross-entropy over the batch's positives, averaged with "
+                          "the query-to-passage loss (MultipleNegativesSymmetricRankingLoss)", group="loss")
+    distill_weight: float = opt(0.0, "add W x KL(teacher || student) over each question's positive and hard "
+                                "negatives to the contrastive loss (0: no distillation)", group="loss", metavar="W")
+    teacher: str = opt(HYBRID_TEACHER, "with --distill-weight: hybrid (BM25 over the mining KB fused with the "
+                       "frozen starting model) or a saved dual-encoder DIR", group="loss", metavar="hybrid|DIR")
+    teacher_temperature: float | None = opt(None, "softmax temperature of the teacher's scores (none: "
+                                            f"{HYBRID_TEACHER_TEMPERATURE} for hybrid, whose scores lie in [0, 1]; "
+                                            "a DIR teacher's own temperature)", group="loss")
+    student_temperature: float | None = opt(None, "softmax temperature of the student's scores in the KL term "
+                                            "(none: the model's temperature, as in its contrastive loss)",
+                                            group="loss")
     val_k: int = opt(5, "Recall@k that picks the checkpoint kept (unless --select-metric names another), ties "
                      "broken by MRR@10", group="validation")
     # "auto" = nDCG@10 on a BEIR folder (graded, several relevant passages per query), else Recall@val_k
@@ -82,6 +151,13 @@ class TrainConfig:
     eval_ks: tuple[int, ...] = opt((1, 5, 10, 20, 100), "Recall@k cut-offs reported each epoch", group="validation",
                                    metavar="K,K,...")
     eval_batch_size: int = opt(64, "texts per encoder batch when validating and mining", group="validation")
+    # On a 2-core CPU (SciFact, 256-token passages) ONNX Runtime encoded passages ~1.2x (fp32) and ~2x
+    # (int8) as fast as torch fp32; int8 passage vectors had mean cosine 0.99 to fp32.
+    eval_runtime: EvalRuntime = opt("torch", "how validation and model mining encode: torch (the training model "
+                                    "itself), onnx or onnx-int8 (a frozen ONNX Runtime copy of the current weights "
+                                    "on the CPU, fp32 or int8, exported at each validation; faster on a CPU, int8 "
+                                    "approximate); the starting model is measured the same way",
+                                    group="validation")
     checkpoint_every: int = opt(50, "write the resume state to OUT/resume every STEPS optimiser steps and at each "
                                 "epoch end; a finished run deletes it", group="checkpoints and resuming",
                                 metavar="STEPS")
@@ -92,9 +168,9 @@ class TrainConfig:
                                       group="checkpoints and resuming", metavar="MIN")
 
     def __post_init__(self) -> None:
-        for name in ("train", "val", "out"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is required (--{name})")
+        from retriever.pseudo_queries import METHODS as PSEUDO_METHODS  # numpy: not for `dpr train --help`
+
+        self._check_data()
         object.__setattr__(self, "kb", tuple(str(p) for p in self.kb))
         selected = re.fullmatch(r"recall@(\d+)", self.select_metric)
         extra = {int(selected.group(1))} if selected else set()
@@ -118,9 +194,60 @@ class TrainConfig:
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.eval_runtime in EVAL_RUNTIMES,
+             f"eval_runtime must be one of {EVAL_RUNTIMES}, got {self.eval_runtime!r}"),
             (self.pooling in (None, *POOLINGS), f"pooling must be one of {POOLINGS}, got {self.pooling!r}"),
             (self.similarity in (None, *SIMILARITIES),
              f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}"),
+            (self.passage_format in (None, *PASSAGE_FORMATS),
+             f"passage_format must be one of {PASSAGE_FORMATS}, got {self.passage_format!r}"),
+            (0 <= self.negative_margin < 1, f"negative_margin must be in [0, 1), got {self.negative_margin}"),
+            ((self.negative_ranks is None and not self.negative_margin) or self.hard_negatives in ("model", "bm25"),
+             "negative_ranks and negative_margin apply to mined negatives (--hard-negatives model or bm25); "
+             "`dpr mine --ranks/--margin` applies them to a file"),
+            (self.distill_weight >= 0, f"distill_weight must be >= 0, got {self.distill_weight}"),
+            (not self.distill_weight or self.uses_hard_negatives,
+             "distillation scores each question's positive and hard negatives: it needs --hard-negatives "
+             "model, bm25 or file and --num-hard-negatives >= 1"),
+            (not self.distill_weight or self.teacher == HYBRID_TEACHER
+             or (Path(self.teacher) / "encoder_config.json").is_file(),
+             f"teacher must be {HYBRID_TEACHER!r} or a saved dual-encoder directory, got {self.teacher!r}"),
+            (self.teacher_temperature is None or self.teacher_temperature > 0,
+             f"teacher_temperature must be > 0, got {self.teacher_temperature}"),
+            (self.student_temperature is None or self.student_temperature > 0,
+             f"student_temperature must be > 0, got {self.student_temperature}"),
+            (self.pseudo_method in PSEUDO_METHODS,
+             f"pseudo_method must be one of {PSEUDO_METHODS}, got {self.pseudo_method!r}"),
+            (self.pseudo_max_examples >= 0, f"pseudo_max_examples must be >= 0, got {self.pseudo_max_examples}"),
+            (self.pseudo_val >= 0, f"pseudo_val must be >= 0, got {self.pseudo_val}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.negative_ranks is not None:
+            parse_rank_window(self.negative_ranks)
+        if self.eval_runtime != "torch":
+            missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ValueError(f"eval_runtime {self.eval_runtime!r} needs the {' and '.join(missing)} "
+                                 "package(s) (pip install -e .), or --eval-runtime torch")
+
+    def _check_data(self) -> None:
+        if not self.out:
+            raise ValueError("out is required (--out)")
+        if not self.unsupervised:
+            for name in ("train", "val"):
+                if not getattr(self, name):
+                    raise ValueError(f"{name} is required (--{name}), unless --unsupervised")
+            return
+        checks = [
+            (not self.train, f"unsupervised training makes its examples from --kb, not from labelled questions: "
+                             f"drop --train {self.train} (or drop --unsupervised to train on it)"),
+            (bool(self.kb), "unsupervised training makes its pseudo queries from a knowledge base: give --kb PATH"),
+            (self.hard_negatives != "file", "--hard-negatives file reads negatives from --train; with --unsupervised "
+                                            "use model, bm25 or none"),
+            (bool(self.val) or self.pseudo_val >= 1,
+             "without --val, checkpoints are picked on held-out pseudo queries: --pseudo-val must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -131,11 +258,16 @@ class TrainConfig:
         return self.hard_negatives != "none" and self.num_hard_negatives > 0
 
     @property
+    def negative_window(self) -> tuple[int, int] | None:
+        """``negative_ranks`` as ``(start, end)``, or None for the top ranks."""
+        return None if self.negative_ranks is None else parse_rank_window(self.negative_ranks)
+
+    @property
     def val_metric(self) -> str:
         """The validation metric that picks the checkpoint kept."""
         if self.select_metric != "auto":
             return self.select_metric
-        return "ndcg@10" if is_beir_dir(self.val) else f"recall@{self.val_k}"
+        return "ndcg@10" if self.val and is_beir_dir(self.val) else f"recall@{self.val_k}"
 
     def encoder_overrides(self) -> dict[str, Any]:
         """The encoder options given explicitly (the rest come from the base or saved model)."""
@@ -158,3 +290,11 @@ class TrainConfig:
         """Read ``train_config.json`` (the file, or the checkpoint directory holding it)."""
         path = Path(path)
         return cls.from_dict(read_json(path / TRAIN_CONFIG_FILE if path.is_dir() else path))
+
+
+def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """Fields (other than :data:`RESUME_FREE_FIELDS`) in which ``config`` differs from a saved config."""
+    current = config.to_dict()
+    saved = TrainConfig.from_dict(saved).to_dict()
+    return [f"{k}: saved {saved[k]!r}, now {current[k]!r}" for k in current
+            if k not in RESUME_FREE_FIELDS and saved[k] != current[k]]

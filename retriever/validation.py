@@ -1,8 +1,17 @@
-"""Validation retrieval metrics for the trainer: encode a knowledge base, rank it, score with common.metrics."""
+"""Validation retrieval metrics for the trainer: encode a knowledge base, rank it, score with common.metrics.
+
+Also the encoder validation and mining run (:class:`EvalEncoder`, ``--eval-runtime``): the training
+model itself, or a frozen ONNX Runtime copy (fp32 or int8) of its current weights.
+"""
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torch import nn
 
 from common.data import Example, Passage
 from common.metrics import mrr_at_k, ndcg_at_k, recall_at_k
@@ -36,10 +45,15 @@ def relevance(examples: Sequence[Example], kb: Sequence[Passage]) -> dict[str, d
 
 def evaluate(encoder: DualEncoder, examples: Sequence[Example], kb: Sequence[Passage],
              ks: Sequence[int] = (1, 5, 10, 20, 100), batch_size: int = 64,
-             progress: bool = False) -> dict[str, float]:
-    """Recall@k (share of questions with a gold passage in the top k) for each k, plus MRR@10 and nDCG@10."""
+             progress: bool = False, on_vectors: Callable[[np.ndarray], None] | None = None) -> dict[str, float]:
+    """Recall@k (share of questions with a gold passage in the top k) for each k, plus MRR@10 and nDCG@10.
+
+    ``on_vectors`` receives the passage embeddings of ``kb`` (float32 [N, D]): the trainer's mining reuses them.
+    """
     depth = max(max(ks), 10)
     p_emb = encoder.encode_passages(kb, batch_size=batch_size, progress=progress)
+    if on_vectors is not None:
+        on_vectors(p_emb)
     q_emb = encoder.encode_queries([ex.question for ex in examples], batch_size=batch_size, progress=progress)
     _, rows = dense_topk(q_emb, p_emb, depth)
     run: dict[str, list[str]] = {}
@@ -50,3 +64,74 @@ def evaluate(encoder: DualEncoder, examples: Sequence[Example], kb: Sequence[Pas
     metrics["mrr@10"] = mrr_at_k(qrels, run, 10)
     metrics["ndcg@10"] = ndcg_at_k(qrels, run, 10)
     return metrics
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``recall@1 41.2, ...``: metrics as percentages, for the log."""
+    return ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items())
+
+
+# ----------------------------------------------------------------------------- the encoder that validates
+
+# --eval-runtime -> (retriever.runtime.prepare_encoder's runtime, quantize)
+EVAL_RUNTIMES: dict[str, tuple[str, str]] = {"torch": ("torch", "none"), "onnx": ("onnx", "none"),
+                                              "onnx-int8": ("onnx", "int8")}
+
+
+def inference_copy(model: DualEncoder, eval_runtime: str) -> DualEncoder:
+    """A frozen CPU copy of ``model``'s current weights, running on ``eval_runtime`` (not torch).
+
+    ``model`` is left as it was (same towers, device, mode and gradients): it keeps training.
+    """
+    from retriever.runtime import prepare_encoder
+
+    runtime, quantize = EVAL_RUNTIMES[eval_runtime]
+
+    def tower(module: nn.Module | None) -> nn.Module | None:
+        # Parameter.__deepcopy__ copies the data, never .grad.
+        return None if module is None else copy.deepcopy(module).cpu().float().eval().requires_grad_(False)
+
+    clone = DualEncoder(model.config, tower(model.query_model), model.tokenizer, tower(model.passage_model))
+    return prepare_encoder(clone, runtime, quantize)
+
+
+class EvalEncoder:
+    """What validation and mining encode with: the training model (``torch``) or an inference copy of
+    its current weights (:func:`inference_copy`), exported once per set of weights (optimiser step)
+    and kept until the weights change, so mining right after a validation reuses validation's export.
+
+    Every validation, the starting model's (epoch 0) included, runs on the same runtime, so the
+    metric that selects the checkpoint is measured one way throughout.
+    """
+
+    def __init__(self, eval_runtime: str) -> None:
+        if eval_runtime not in EVAL_RUNTIMES:
+            raise ValueError(f"eval_runtime must be one of {tuple(EVAL_RUNTIMES)}, got {eval_runtime!r}")
+        self.eval_runtime = eval_runtime
+        self._copy: tuple[int, DualEncoder] | None = None
+        self._warned = False
+
+    def get(self, model: DualEncoder, step: int) -> tuple[DualEncoder, float | None]:
+        """The encoder for ``model`` at optimiser step ``step`` and the seconds an export took now
+        (None: nothing was exported, i.e. torch or the copy of this step was there)."""
+        if self.eval_runtime == "torch":
+            return model, None
+        if self._copy is not None and self._copy[0] == step:
+            return self._copy[1], None
+        self._copy = None   # free the old graphs before building the new ones
+        if not self._warned and next(model.parameters()).device.type != "cpu":
+            logger.warning("--eval-runtime %s validates and mines with ONNX Runtime on the CPU while training "
+                           "runs on %s; --eval-runtime torch encodes there", self.eval_runtime,
+                           next(model.parameters()).device)
+            self._warned = True
+        t0 = time.perf_counter()
+        clone = inference_copy(model, self.eval_runtime)
+        seconds = round(time.perf_counter() - t0, 1)
+        logger.info("validation encoder: exported the weights of step %d to %s in %.1f s", step,
+                    self.eval_runtime, seconds)
+        self._copy = (step, clone)
+        return clone, seconds
+
+    def drop(self) -> None:
+        """Forget the copy (the weights moved on)."""
+        self._copy = None

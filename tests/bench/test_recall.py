@@ -1,6 +1,7 @@
 """The recall benchmark end to end on the tiny random encoder (structure, not quality)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,7 +9,9 @@ import pytest
 
 from bench.plot import recall_curve
 from bench.recall import ALPHAS, BenchOptions, run_bench
-from bench.recall_data import split_queries, write_split_folder
+from bench.recall_data import RECIPES, parse_recipe, plan_rows, split_queries, write_split_folder
+from bench.recall_report import bench_table
+from eval.bootstrap import paired_bootstrap_diff, paired_randomization_test
 from eval.evalset import load_eval_set
 
 TINY_TRAINING = dict(batch_size=8, lr=1e-3, query_max_length=32, passage_max_length=64, eval_batch_size=32)
@@ -41,8 +44,9 @@ def test_bench_on_nq_files_writes_table_json_and_png(tiny_base: Path, small_nq: 
     gold = load_eval_set(train).relevant_ids() | load_eval_set(val).relevant_ids()
     assert report["data"]["kb_passages"] == len(gold)
 
-    table = (out / "bench_recall.md").read_text().splitlines()
-    assert table[0].startswith("| system | R@1 | R@5 | R@10 | R@20 | R@100 | MRR@10 | nDCG@10 |")
+    table = [line for line in (out / "bench_recall.md").read_text().splitlines() if line.startswith("|")]
+    assert table[0] == ("| system | R@1 | R@5 | R@10 | R@20 | R@100 | MRR@10 | nDCG@10 | Δ nDCG@10 vs zero-shot (p) "
+                        "| Δ nDCG@10 vs in-batch (p) | train (time, peak RSS) | eval (time, peak RSS) |")
     assert [line.split(" | ")[0][2:] for line in table[2:]] == names
 
     saved = json.loads((out / "bench_recall.json").read_text())
@@ -58,6 +62,106 @@ def test_bench_on_nq_files_writes_table_json_and_png(tiny_base: Path, small_nq: 
         assert len(curve) == 100 and all(a <= b for a, b in zip(curve, curve[1:]))
         assert curve[4] == pytest.approx(r5["value"])
     assert (out / "recall_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+    # Cost: every row timed and measured; trained rows trained in a process of their own.
+    for row in saved["rows"]:
+        cost = row["cost"]
+        assert cost["eval_seconds"] > 0 and cost["eval_peak_rss_mb"] > 0
+        assert cost["eval_rss_scope"] in ("row", "process")
+        trained = row["name"] in ("in-batch", "in-batch+hard")
+        assert (cost["train_seconds"] is not None and 0 < cost["train_seconds"] <= cost["train_process_seconds"]
+                and cost["train_peak_rss_mb"] > 0) if trained else cost["train_peak_rss_mb"] is None
+    assert "MB" in table[3].split(" | ")[-2] and table[2].split(" | ")[-2] == "-"      # in-batch trained, zero-shot not
+
+    # Paired tests: every row against zero-shot and in-batch (not itself), recomputed by hand from the
+    # per-query values of the same run; the mean difference is that of the two rows' own means.
+    assert saved["paired"]["baselines"] == ["zero-shot", "in-batch"]
+    metrics = ["ndcg@10", "recall@1", "recall@5", "recall@10", "recall@20", "recall@100", "mrr@10"]
+    assert saved["paired"]["metrics"] == metrics
+    by_name = {row["name"]: row for row in saved["rows"]}
+    for row in saved["rows"]:
+        assert set(row["vs"]) == {"zero-shot", "in-batch"} - {row["name"]}
+        for base, stats in row["vs"].items():
+            assert set(stats) == set(metrics)
+            for m, got in stats.items():
+                a, b = row["per_query"][m], by_name[base]["per_query"][m]
+                assert set(a) == val_q
+                diff, low, high = paired_bootstrap_diff(a, b, n_resamples=50, seed=42)
+                p = paired_randomization_test(a, b, n_resamples=10_000, seed=42)
+                assert got == pytest.approx({"diff": diff, "low": low, "high": high, "p": p})
+                assert got["diff"] == pytest.approx(row["metrics"][m]["value"] - by_name[base]["metrics"][m]["value"],
+                                                    abs=1e-5)
+
+
+def test_table_marks_significant_differences() -> None:
+    metric = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 9}
+    rows = [{"name": "zero-shot", "metrics": {"ndcg@10": metric}, "vs": {},
+             "cost": {"train_seconds": None, "eval_seconds": 1.25, "eval_peak_rss_mb": 512.4}},
+            {"name": "trained", "metrics": {"ndcg@10": metric},
+             "vs": {"zero-shot": {"ndcg@10": {"diff": 0.05, "low": 0.01, "high": 0.09, "p": 0.012}}},
+             "cost": {"train_seconds": 30.0, "train_peak_rss_mb": 900.0, "eval_seconds": 2.0, "eval_peak_rss_mb": 600}},
+            {"name": "other", "metrics": {"ndcg@10": metric},
+             "vs": {"zero-shot": {"ndcg@10": {"diff": -0.01, "low": -0.05, "high": 0.03, "p": 0.5}}}, "cost": {}}]
+    lines = bench_table(rows, ["ndcg@10"], ["zero-shot"]).splitlines()
+    assert lines[0] == ("| system | nDCG@10 | Δ nDCG@10 vs zero-shot (p) | train (time, peak RSS) "
+                        "| eval (time, peak RSS) |")
+    assert lines[2] == "| zero-shot | 50.0 (40.0-60.0) | - | - | 1.2 s, 512 MB |"
+    assert lines[3] == "| trained | 50.0 (40.0-60.0) | **+5.0** (p=0.012) | 30.0 s, 900 MB | 2.0 s, 600 MB |"
+    assert lines[4] == "| other | 50.0 (40.0-60.0) | -1.0 (p=0.500) | - | - |"
+
+
+def test_recipes_start_from_and_unsupervised_pass_through(tiny_base: Path, small_nq: tuple[Path, Path],
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows run after the row they start from, with its model; an unsupervised row gets
+    unsupervised=True and the benchmark's knowledge base (given a TrainConfig with that field; the
+    trainer is faked, the rows are evaluated for real)."""
+    import bench.recall as bench
+    import retriever.train_config as train_config
+    from retriever.encoder import load_encoder
+
+    trained: list = []
+
+    def fake_train(config, name, progress):
+        trained.append((name, config))
+        load_encoder(config.model, **config.encoder_overrides()).save(config.out)
+        return {"best_epoch": 0, "log": {"epochs": [], "total_seconds": 0.0}, "seconds": 0.01, "peak_rss_mb": 1.0}
+
+    monkeypatch.setattr(bench, "_train", fake_train)
+    train, val = small_nq
+    out = tmp_path / "bench"
+    options = BenchOptions(train=train, val=val, out=out, model=str(tiny_base), epochs=1, n_resamples=20,
+                           progress=False, train_overrides=TINY_TRAINING,
+                           rows=("unsupervised+supervised", "zero-shot", "unsupervised"))
+    assert options.rows == ("unsupervised", "unsupervised+supervised", "zero-shot")
+    # A field TrainConfig lacks is refused by row name, before anything trains.
+    future = dataclasses.replace(options, rows=("zero-shot", "future"),
+                                 recipes=('future:{"hard_negatives": "none", "no_such_field_yet": 1}',))
+    with pytest.raises(ValueError, match="row future: TrainConfig has no field no_such_field_yet"):
+        run_bench(future)
+    bad = dataclasses.replace(options, rows=("in-batch", "bad"),
+                              recipes=('bad:{"start_from": "in-batch", "pooling": "cls"}',))
+    with pytest.raises(ValueError, match="row bad starts from in-batch's saved model, which keeps its own encoder "
+                                         "options; drop pooling"):
+        run_bench(bad)
+    assert trained == []
+
+    if "unsupervised" not in {f.name for f in dataclasses.fields(train_config.TrainConfig)}:
+        newer = dataclasses.make_dataclass("TrainConfig", [("unsupervised", bool, False)],
+                                           bases=(train_config.TrainConfig,), frozen=True)
+        monkeypatch.setattr(train_config, "TrainConfig", newer)
+    report = run_bench(options)
+    assert [name for name, _ in trained] == ["unsupervised", "unsupervised+supervised"]
+    unsup, sup = (config for _, config in trained)
+    kb_file = out / "data" / "kb.jsonl"
+    assert unsup.unsupervised and unsup.kb == (str(kb_file),) and unsup.model == str(tiny_base)
+    assert len(kb_file.read_text().splitlines()) == report["data"]["kb_passages"]
+    assert sup.model == str(out / "models" / "unsupervised") and not sup.unsupervised
+    assert sup.hard_negatives == "model" and sup.query_max_length is None      # the saved model keeps its own
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows)[:4] == ["unsupervised", "unsupervised+supervised", "zero-shot", "bm25"]
+    assert rows["unsupervised+supervised"]["starts_from"] == "unsupervised" and rows["unsupervised"]["unsupervised"]
+    assert report["paired"]["baselines"] == ["zero-shot"]                      # in-batch did not run
+    assert set(rows["unsupervised"]["vs"]) == {"zero-shot"} and rows["zero-shot"]["vs"] == {}
 
 
 def test_beir_single_split_is_cut_by_seed_without_overlap(beir_folder: Path, tmp_path: Path) -> None:
@@ -89,24 +193,85 @@ def test_recall_curve_counts_first_hits() -> None:
 
 def test_dpr_bench_recall_command(tiny_base: Path, small_nq: tuple[Path, Path], tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A --recipe row identical to zero-shot: difference 0 and p = 1 on every metric."""
     from driver.main import main
 
     train, val = small_nq
     out = tmp_path / "cli"
     assert main(["bench", "recall", "--train", str(train), "--val", str(val), "--model", str(tiny_base),
-                 "--epochs", "1", "--resamples", "20", "--out", str(out), "--no-progress"]) == 0
+                 "--epochs", "1", "--resamples", "20", "--out", str(out), "--no-progress",
+                 "--rows", "zero-shot,again", "--recipe", 'again:{"zero_shot": true}']) == 0
     printed = capsys.readouterr().out
     assert "| system | R@1 | R@5 |" in printed and "| bm25 |" in printed and "training questions" in printed
-    assert json.loads((out / "bench_recall.json").read_text())["options"]["epochs"] == 1
+    assert "Δ nDCG@10 vs zero-shot (p) | train" in printed and "vs in-batch" not in printed
+    assert "| again | " in printed and "| +0.0 (p=1.000) | - |" in printed
+    saved = json.loads((out / "bench_recall.json").read_text())
+    assert saved["options"]["epochs"] == 1 and saved["options"]["rows"] == ["zero-shot", "again"]
+    assert saved["recipes"] == {"zero-shot": {"zero_shot": True}, "again": {"zero_shot": True}}
+    again = next(row for row in saved["rows"] if row["name"] == "again")
+    assert again["vs"]["zero-shot"] == {m: {"diff": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+                                        for m in saved["paired"]["metrics"]}
     assert main(["bench", "recall", "--train", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
     assert "missing.json: no such" in capsys.readouterr().err
+    assert main(["bench", "recall", "--recipe", "window:{negative_ranks: 10}", "--out", str(out)]) == 2
+    assert "--recipe window: not valid JSON" in capsys.readouterr().err
 
 
 def test_bench_options_refuse_unknown_rows_and_epochs() -> None:
-    with pytest.raises(ValueError, match="--rows takes one or more of zero-shot"):
+    with pytest.raises(ValueError, match="unknown row.s. colbert; known rows: zero-shot, in-batch, in-batch.hard, "
+                                         "unsupervised, unsupervised.supervised"):
         BenchOptions(rows=("zero-shot", "colbert"))
-    with pytest.raises(ValueError, match="--rows"):
+    with pytest.raises(ValueError, match="--rows: no row given"):
         BenchOptions(rows=())
     with pytest.raises(ValueError, match="--epochs must be >= 1"):
         BenchOptions(epochs=0)
+    with pytest.raises(ValueError, match="--compare-to: unknown row.s. colbert"):
+        BenchOptions(baselines=("colbert",))
     assert BenchOptions(rows=("in-batch",)).rows == ("in-batch",)
+    assert BenchOptions().rows == ("zero-shot", "in-batch", "in-batch+hard")
+
+
+def test_recipe_flag_parsing() -> None:
+    window = 'window:{"negative_ranks": "10:100", "num_hard_negatives": 4}'
+    assert parse_recipe(window) == ("window", {"negative_ranks": "10:100", "num_hard_negatives": 4})
+    # A new recipe joins the default rows; one naming a field TrainConfig lacks is fine until it runs.
+    options = BenchOptions(recipes=(window, 'in-batch:{"hard_negatives": "none", "lr": 1e-4}'))
+    assert options.rows == ("zero-shot", "in-batch", "in-batch+hard", "window")
+    assert options.registry["in-batch"] == {"hard_negatives": "none", "lr": 1e-4} and "window" not in RECIPES
+    assert BenchOptions(recipes=(window,), rows=("zero-shot",)).rows == ("zero-shot",)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("window", "expected NAME:JSON"),
+    (":{}", "expected NAME:JSON"),
+    ("window:", "expected NAME:JSON"),
+    ("window:{negative_ranks: 1}", r"--recipe window: not valid JSON \(Expecting property name"),
+    ('window:{"lr": 1e-4', "--recipe window: not valid JSON"),
+    ("window:[1, 2]", "must be a JSON object of TrainConfig overrides, got list"),
+    ('a/b:{"lr": 1}', "recipe name 'a/b'"),
+    ('bm25:{"lr": 1}', "recipe name 'bm25'"),
+    ('w:{"zero_shot": "yes"}', "zero_shot must be true or false"),
+    ('w:{"start_from": 3}', "start_from must name a row"),
+    ('w:{"zero_shot": true, "start_from": "in-batch"}', "a zero_shot row trains nothing"),
+    ('w:{"start_from": "in-batch", "model": "m"}', "start_from sets the model"),
+    ('w:{"out": "elsewhere"}', "the benchmark sets out itself"),
+])
+def test_malformed_recipes_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_recipe(text)
+
+
+def test_start_from_orders_rows_and_must_be_selected() -> None:
+    registry = {**RECIPES, "c": {"start_from": "unsupervised+supervised"}, "self": {"start_from": "self"},
+                "ghost": {"start_from": "nowhere"}}
+    assert plan_rows(["c", "zero-shot", "unsupervised+supervised", "unsupervised"], registry) == \
+        ["unsupervised", "unsupervised+supervised", "c", "zero-shot"]
+    with pytest.raises(ValueError, match="row unsupervised.supervised starts from row unsupervised, which is not "
+                                         "selected: add it to --rows"):
+        plan_rows(["zero-shot", "unsupervised+supervised"], registry)
+    with pytest.raises(ValueError, match="goes round in a circle: self -> self"):
+        plan_rows(["self"], registry)
+    with pytest.raises(ValueError, match="starts from 'nowhere', which is no row"):
+        plan_rows(["ghost"], registry)
+    with pytest.raises(ValueError, match="not selected"):
+        BenchOptions(rows=("unsupervised+supervised",))

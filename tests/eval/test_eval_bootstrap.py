@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from eval.bootstrap import bootstrap_ci, paired_bootstrap_diff
+from eval.bootstrap import bootstrap_ci, paired_bootstrap_diff, paired_randomization_test
+from eval.compare import paired_stats
 
 
 def _hits(n: int) -> list[float]:
@@ -56,3 +57,18 @@ def test_paired_difference() -> None:
     assert 0.0 <= low <= mean <= high <= 1.0          # a never loses a query to b
     with pytest.raises(ValueError, match="same queries"):
         paired_bootstrap_diff(a, {"q1": 1.0})
+
+
+def test_paired_stats_of_per_query_tables() -> None:
+    a = {"recall@1": {f"q{i}": float(i % 2) for i in range(40)}, "mrr@10": {f"q{i}": 0.5 for i in range(40)}}
+    b = {"recall@1": {f"q{i}": 0.0 for i in range(40)}, "mrr@10": {f"q{i}": 0.5 for i in range(40)}}
+    stats = paired_stats(a, b, n_resamples=200, seed=3)
+    diff, low, high = paired_bootstrap_diff(a["recall@1"], b["recall@1"], n_resamples=200, seed=3)
+    p = paired_randomization_test(a["recall@1"], b["recall@1"], n_resamples=10_000, seed=3)
+    assert stats["recall@1"] == {"diff": diff, "low": low, "high": high, "p": p}
+    assert diff == pytest.approx(0.5) and p < 0.001
+    assert stats["mrr@10"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}       # identical: no difference
+    with pytest.raises(ValueError, match="ndcg@10: not in both"):
+        paired_stats(a, b, ["ndcg@10"])
+    with pytest.raises(ValueError, match="same queries"):
+        paired_stats(a, {"recall@1": {"q0": 0.0}, "mrr@10": b["mrr@10"]})

@@ -65,12 +65,33 @@ def test_model_bm25_and_hybrid_on_nq_sample(small_nq: tuple[Path, Path], saved_m
     for system in report["systems"][1:]:
         _check_metrics(system, BASE_METRICS | ANSWER_METRICS)
 
+    # Several systems: each paired-tested against the first, on the same queries, every ranking metric.
+    from eval.bootstrap import paired_bootstrap_diff, paired_randomization_test
+
+    assert report["baseline"] == "dense" and "vs" not in dense
+    assert report["paired"]["randomization_resamples"] == 10_000 and report["paired"]["bootstrap_resamples"] == 100
+    assert "paired tests against dense on the same 16 queries" in printed
+    assert "| metric | bm25 - dense (95% CI) | p | hybrid-interp - dense (95% CI) | p |" in printed
+    for system in report["systems"][1:]:
+        # The table's metrics (all-relevant Recall only where a query has several relevant passages).
+        assert set(system["vs"]) == {"dense"} and set(system["vs"]["dense"]) == BASE_METRICS - {"full_recall@100"}
+        for m, got in system["vs"]["dense"].items():
+            a, b = system["per_query"][m], dense["per_query"][m]
+            diff, low, high = paired_bootstrap_diff(a, b, n_resamples=100, seed=5)
+            assert got == pytest.approx({"diff": diff, "low": low, "high": high,
+                                         "p": paired_randomization_test(a, b, n_resamples=10_000, seed=5)})
+            assert got["diff"] == pytest.approx(system["metrics"][m]["value"] - dense["metrics"][m]["value"],
+                                                abs=1e-5)
+
 
 def test_beir_folder_with_graded_qrels(beir_folder: Path, saved_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "beir.json"
     assert dpr_eval("--data", beir_folder, "--split", "test", "--model", saved_model, "--bm25", "--k", "1,2",
-                    "--out", out, "--resamples", 50, "--no-progress") == 0
+                    "--out", out, "--resamples", 50, "--no-progress", "--baseline", "bm25") == 0
     report = json.loads(out.read_text())
+    # --baseline: the dense system is tested against BM25, not the other way round.
+    assert report["baseline"] == "bm25" and "vs" not in report["systems"][1]
+    assert set(report["systems"][0]["vs"]["bm25"]) == {"recall@1", "recall@2", "mrr@10", "ndcg@10", "full_recall@2"}
     assert report["data"]["layout"] == "beir" and report["data"]["n_queries"] == 2
     assert set(report["data"]["sha256"]) == {str(beir_folder / f) for f in
                                              ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")}
@@ -225,6 +246,8 @@ def test_missing_qrels_split(beir_folder: Path) -> None:
     ({"model": "m", "hybrid": "rrf"}, "give --bm25"),
     ({"model": "m", "bm25": True, "hybrid": "max"}, "--hybrid must be one of"),
     ({"bm25": True, "ks": (0, 5)}, "positive cut-offs"),
+    ({"model": "m", "bm25": True, "baseline": "hybrid-rrf"}, r"--baseline hybrid-rrf: not a system of this run "
+                                                             r"\(it has dense, bm25\)"),
 ])
 def test_option_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

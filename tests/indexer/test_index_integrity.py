@@ -49,6 +49,19 @@ def test_check_encoder_accepts_the_building_encoder(built: Path, tiny_encoder) -
         check_encoder(manifest, tiny_encoder)
 
 
+def test_passage_format_mismatch_is_refused_and_old_manifests_mean_pair(built: Path, tiny_base: Path) -> None:
+    manifest = json.loads((current_build(built) / "manifest.json").read_text())
+    assert manifest["model"]["encoder"]["passage_format"] == "pair"
+    joined = _encoder(tiny_base, passage_format="joined")           # same weights, other passage text
+    with pytest.raises(ManifestMismatch, match="passage_format: index has 'pair', encoder has 'joined'") as e:
+        check_encoder(manifest, joined)
+    assert [d[0] for d in e.value.differences] == ["passage_format"]
+    del manifest["model"]["encoder"]["passage_format"]              # written before the field existed
+    check_encoder(manifest, _encoder(tiny_base))                     # pair: no exception
+    with pytest.raises(ManifestMismatch, match="passage_format: index has 'pair', encoder has 'joined'"):
+        check_encoder(manifest, joined)
+
+
 def test_rows_deleted_from_store_are_a_count_mismatch(built: Path) -> None:
     store = current_build(built) / "passages.sqlite"
     store.chmod(0o644)

@@ -1,6 +1,7 @@
-"""DualEncoder: pooling ignores padding, passages are title [SEP] text, save/load is exact."""
+"""DualEncoder: pooling ignores padding, passages are title [SEP] text (or "title. text"), save/load is exact."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from retriever import DualEncoder, EncoderConfig, Passage
-from retriever.encoder import CONFIG_FILE, _chunks, load_encoder
+from retriever.encoder import CONFIG_FILE, _chunks, joined_text, load_encoder
 
 PASSAGES = [
     Passage("a", "Casablanca (film)", "Casablanca is a 1942 American romantic drama starring Ingrid Bergman."),
@@ -50,6 +51,45 @@ def test_passages_are_title_sep_text(tiny_encoder: DualEncoder) -> None:
     sep = ids.index(tok.sep_token_id)
     assert tok.decode(ids[1:sep]) == "casablanca ( film )"
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and ids.count(tok.sep_token_id) == 2
+
+
+def test_passage_format_defaults_to_pair_and_old_configs_load_as_pair() -> None:
+    assert EncoderConfig(base_model="x").passage_format == "pair"
+    old = EncoderConfig(base_model="x").to_dict()
+    del old["passage_format"]                                  # encoder_config.json from before the field
+    assert EncoderConfig.from_dict(old).passage_format == "pair"
+    with pytest.raises(ValueError, match=r"passage_format must be one of \('pair', 'joined'\), got 'concat'"):
+        EncoderConfig(base_model="x", passage_format="concat")
+
+
+def test_joined_passages_are_the_one_string_by_hand(tiny_base: Path) -> None:
+    enc = _encoder(tiny_base, passage_format="joined")
+    got = enc.tokenize_passages(PASSAGES, padding=False)
+    by_hand = enc.tokenizer([f"{p.title}. {p.text}" for p in PASSAGES], truncation=True, max_length=64)
+    assert got["input_ids"] == by_hand["input_ids"]
+    assert all(ids.count(enc.tokenizer.sep_token_id) == 1 for ids in got["input_ids"])   # no second segment
+    # Padded tensors too, and both formats really differ.
+    padded = enc.tokenize_passages(PASSAGES)["input_ids"]
+    assert padded[0, :len(by_hand["input_ids"][0])].tolist() == by_hand["input_ids"][0]
+    assert _encoder(tiny_base).tokenize_passages(PASSAGES[:1], padding=False)["input_ids"] != got["input_ids"][:1]
+
+
+def test_joined_title_ending_rule() -> None:
+    assert joined_text(Passage("a", "Luge", "A sled.")) == "Luge. A sled."
+    for title in ("Dr. No.", "Help!", "Why?"):
+        assert joined_text(Passage("a", title, "Text.")) == f"{title} Text."          # no doubled period
+    assert joined_text(Passage("a", "", "Just text.")) == "Just text."
+    assert joined_text(Passage("a", "  ", "Just text.")) == "Just text."
+
+
+def test_joined_round_trips_through_save_and_load(tiny_base: Path, tmp_path: Path) -> None:
+    enc = _encoder(tiny_base, passage_format="joined")
+    enc.save(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / CONFIG_FILE).read_text())
+    assert saved["encoder"]["passage_format"] == "joined"
+    loaded = load_encoder(tmp_path / "model")
+    assert loaded.config.passage_format == "joined"
+    np.testing.assert_array_equal(loaded.encode_passages(PASSAGES), enc.encode_passages(PASSAGES))
 
 
 

@@ -1,4 +1,4 @@
-"""The contrastive loss against a naive per-query loop, and its label layout."""
+"""The contrastive, symmetric and distillation losses against hand computations, and the label layout."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,15 @@ import math
 import pytest
 import torch
 
-from retriever.loss import contrastive_labels, contrastive_loss, group_size
+from retriever.loss import (
+    LossConfig,
+    batch_loss,
+    contrastive_labels,
+    contrastive_loss,
+    distillation_loss,
+    group_size,
+    symmetric_contrastive_loss,
+)
 
 
 def naive_loss(q: torch.Tensor, p: torch.Tensor, temperature: float, hard_per_query: int) -> float:
@@ -58,3 +66,66 @@ def test_loss_backpropagates_to_both_sides() -> None:
     contrastive_loss(q, p).backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
     assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def _log_softmax(xs: list[float]) -> list[float]:
+    top = max(xs)
+    norm = top + math.log(sum(math.exp(x - top) for x in xs))
+    return [x - norm for x in xs]
+
+
+def test_symmetric_loss_equals_a_hand_computation() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    p = torch.tensor([[0.8, 0.6], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])   # H = 1
+    t = 0.5
+    # Passage -> query: positive j (row 2j) against every query; its own query is the label.
+    backward = 0.0
+    for j in range(3):
+        logits = [float(q[i] @ p[2 * j]) / t for i in range(3)]
+        backward -= _log_softmax(logits)[j]
+    expected = (naive_loss(q, p, t, 1) + backward / 3) / 2
+    assert symmetric_contrastive_loss(q, p, t).item() == pytest.approx(expected, rel=1e-6)
+    assert batch_loss(q, p, config=LossConfig(temperature=t, symmetric=True))[0].item() == pytest.approx(expected)
+
+
+def test_distillation_kl_equals_a_hand_computation_and_leaves_unscored_passages_out() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.1, 0.9],       # query 0: positive, 2 negatives
+                      [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])      # query 1: the last one is a filler
+    teacher = torch.tensor([[0.9, 0.5, 0.1], [1.0, 0.2, float("nan")]])
+    t_s, t_t = 0.5, 0.25
+    expected = 0.0
+    for i, n in ((0, 3), (1, 2)):
+        student = [float(q[i] @ p[3 * i + j]) / t_s for j in range(n)]
+        teach = [float(teacher[i, j]) / t_t for j in range(n)]
+        log_t, log_s = _log_softmax(teach), _log_softmax(student)
+        expected += sum(math.exp(a) * (a - b) for a, b in zip(log_t, log_s))
+    got = distillation_loss(q, p, teacher, t_s, t_t)
+    assert got.item() == pytest.approx(expected / 2, rel=1e-5)
+    # batch_loss adds it with its weight to the contrastive loss.
+    config = LossConfig(temperature=0.1, distill_weight=0.3, teacher_temperature=t_t, student_temperature=t_s)
+    total, terms = batch_loss(q, p, teacher, config)
+    assert terms["distill"].item() == pytest.approx(got.item())
+    assert total.item() == pytest.approx(contrastive_loss(q, p, 0.1).item() + 0.3 * got.item(), rel=1e-6)
+    # A query with no scored passage adds 0 (and no NaN).
+    none = torch.full((2, 3), float("nan"))
+    assert distillation_loss(q, p, none, t_s, t_t).item() == 0.0
+
+
+def test_no_gradient_reaches_the_teacher_scores_and_the_student_gets_a_finite_one() -> None:
+    q = torch.randn(2, 4, requires_grad=True)
+    p = torch.randn(6, 4, requires_grad=True)
+    teacher = torch.tensor([[2.0, 1.0, 0.0], [1.0, float("nan"), 0.5]], requires_grad=True)
+    distillation_loss(q, p, teacher, 0.1, 1.0).backward()
+    assert teacher.grad is None
+    assert torch.isfinite(q.grad).all() and torch.isfinite(p.grad).all() and q.grad.abs().sum() > 0
+    assert torch.equal(p.grad[4], torch.zeros(4))                 # the unscored filler gets nothing from the KL
+
+
+def test_default_loss_is_exactly_the_contrastive_loss() -> None:
+    gen = torch.Generator().manual_seed(3)
+    q, p = torch.randn(4, 8, generator=gen), torch.randn(8, 8, generator=gen)
+    total, terms = batch_loss(q, p, config=LossConfig(temperature=0.05))
+    assert torch.equal(total, contrastive_loss(q, p, 0.05)) and set(terms) == {"contrastive"}
+    with pytest.raises(ValueError, match="teacher's scores"):
+        batch_loss(q, p, config=LossConfig(distill_weight=1.0))

@@ -34,11 +34,13 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _encoder(base: Path, tie: bool = True, pooling: str = "mean", similarity: str = "cos"):
+def _encoder(base: Path, tie: bool = True, pooling: str = "mean", similarity: str = "cos",
+             passage_format: str = "pair"):
     from retriever import DualEncoder, EncoderConfig
 
     return DualEncoder.from_base(EncoderConfig(base_model=str(base), pooling=pooling, tie_encoders=tie,
-                                               similarity=similarity, query_max_length=32, passage_max_length=64))
+                                               similarity=similarity, query_max_length=32, passage_max_length=64,
+                                               passage_format=passage_format))
 
 
 @pytest.mark.parametrize("arch", ["distilbert", "bert"])
@@ -52,6 +54,15 @@ def test_onnx_fp32_gives_the_torch_vectors(arch: str, tiny_base: Path, tiny_bert
     # A batch of one (no padding at all) gives the same row as the padded batch.
     one = onnx_enc.encode_passages(PASSAGES[2:3], batch_size=1)
     np.testing.assert_allclose(one[0], onnx_enc.encode_passages(PASSAGES)[2], atol=1e-5)
+
+
+def test_onnx_fp32_follows_the_joined_passage_format(tiny_bert: Path) -> None:
+    # The towers take token ids: a "joined" encoder's ONNX tower sees the same single-segment ids.
+    torch_enc = _encoder(tiny_bert, passage_format="joined")
+    onnx_enc = prepare_encoder(_encoder(tiny_bert, passage_format="joined"), "onnx", "none")
+    joined = torch_enc.encode_passages(PASSAGES)
+    np.testing.assert_allclose(onnx_enc.encode_passages(PASSAGES), joined, atol=1e-5)
+    assert not np.allclose(joined, _encoder(tiny_bert).encode_passages(PASSAGES), atol=1e-3)   # not the pair
 
 
 @pytest.mark.parametrize(("pooling", "similarity"), [("cls", "cos"), ("mean", "dot"), ("cls", "dot")])
@@ -155,3 +166,42 @@ def test_onnx_index_records_runtime_and_any_runtime_serves_it(saved_model: Path,
     finally:
         torch_engine.close()
         onnx_engine.close()
+
+
+def test_a_lone_call_runs_on_the_solo_session_and_overlapping_calls_on_the_narrow_one(tiny_bert: Path) -> None:
+    """solo_threads: a second session for calls made while no other runs; same graph, same vectors."""
+    import threading
+
+    enc = prepare_encoder(_encoder(tiny_bert), "onnx", "int8", threads=1, solo_threads=2)
+    tower = enc.query_model
+    assert tower.solo_session is not None
+    assert tower.solo_session.get_session_options().intra_op_num_threads == 2
+    assert tower.session.get_session_options().intra_op_num_threads == 1
+    used: list[str] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    class Spy:
+        def __init__(self, name: str, real, block: bool) -> None:
+            self.name, self.real, self.block = name, real, block
+
+        def run(self, *args):
+            used.append(self.name)
+            if self.block:           # hold the first (solo) call open while a second one arrives
+                entered.set()
+                gate.wait(10)
+            return self.real.run(*args)
+
+    real_solo, real_narrow = tower.solo_session, tower.session
+    tower.solo_session, tower.session = Spy("solo", real_solo, True), Spy("narrow", real_narrow, False)
+    first = threading.Thread(target=enc.encode_queries, args=(QUERIES[:1],))
+    first.start()
+    assert entered.wait(10)
+    second = enc.encode_queries(QUERIES[:1])            # overlaps the first: the narrow session
+    gate.set()
+    first.join(10)
+    assert used == ["solo", "narrow"]
+    tower.solo_session, tower.session = real_solo, real_narrow
+    alone = enc.encode_queries(QUERIES[:1])              # nothing else running: solo again
+    np.testing.assert_allclose(alone, second, atol=1e-6)
+    # Without a wider budget there is no second session.
+    assert prepare_encoder(_encoder(tiny_bert), "onnx", "none", threads=2, solo_threads=2).query_model.solo_session is None

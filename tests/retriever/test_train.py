@@ -2,16 +2,25 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from common.data import DataError, load_examples
+from retriever.distributed import DistContext
 from retriever.encoder import DualEncoder, load_encoder
-from retriever.train import train
+from retriever.train import Trainer, train
 from retriever.train_config import TRAIN_CONFIG_FILE, TRAIN_LOG_FILE, TrainConfig
-from retriever.train_setup import build_optimizer, linear_schedule, load_data, pick_val_split
+from retriever.train_setup import (
+    RoundNegatives,
+    build_optimizer,
+    hard_negatives_for,
+    linear_schedule,
+    load_data,
+    pick_val_split,
+)
 
 
 def _config(tiny_base: Path, small_nq: tuple[Path, Path], out: Path, **kw) -> TrainConfig:
@@ -168,3 +177,98 @@ def test_beir_folder_trains_on_its_splits_and_validates_on_its_corpus(
     assert (len(data.train), len(data.val)) == (24, 16)
     assert {p.pid for p in data.val_kb} == {r["_id"] for r in corpus}
     assert {p.pid for p in data.mining_kb} == {r["_id"] for r in corpus if not r["_id"].startswith("val-")}
+
+
+def test_remining_each_epoch_gives_epoch_2_other_negatives(tiny_base: Path, small_nq: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    config = _config(tiny_base, small_nq, tmp_path / "m", epochs=2, hard_negatives="model", remine_every=1,
+                     num_hard_negatives=2, lr=3e-3)
+    trainer = Trainer(config, DistContext(), progress=False)
+    mined: list[list[list[str]]] = []
+    fresh: list[list[list[str]]] = []
+    mine = trainer._train_epoch
+
+    def spy() -> None:
+        # The old way, encoding the whole mining KB with the same weights: reuse must not change a thing.
+        fresh.append(RoundNegatives(hard_negatives_for(config, trainer.model, trainer.data, False,
+                                                       trainer.epoch)).ids())
+        mine()
+        mined.append(trainer.negatives.ids())
+
+    trainer._train_epoch = spy
+    log = trainer.run().log
+    rows = [r["negatives"] for r in log["epochs"][1:]]
+    assert [r["mined_before_epoch"] for r in rows] == [1, 2]
+    assert mined[0] != mined[1] and rows[0]["digest"] != rows[1]["digest"]
+    assert all(len(row) == 2 + 3 for row in mined[0])                     # H plus spares for batch conflicts
+    # Mining after a validation (epoch 0's, then epoch 1's) reuses its vectors: the mining KB is inside val_kb.
+    assert {p.pid for p in trainer.data.mining_kb} <= {p.pid for p in trainer.data.val_kb}
+    assert [r["mine_reused_vectors"] for r in log["epochs"][1:]] == [len(trainer.data.mining_kb)] * 2
+    assert mined == fresh
+
+
+def test_distillation_trains_keeps_the_teacher_frozen_and_resumes_exactly(
+        tiny_base: Path, small_nq: tuple[Path, Path], tmp_path: Path) -> None:
+    """Hybrid teacher, symmetric loss, negatives sampled from a rank window with a margin and re-mined
+    each epoch; a crash mid-epoch 2 (after re-mining) resumed ends like the uninterrupted run."""
+    def config(out: str) -> TrainConfig:
+        return _config(tiny_base, small_nq, tmp_path / out, epochs=2, hard_negatives="model", remine_every=1,
+                       negative_ranks="1:12", negative_margin=0.02, distill_weight=0.5, symmetric=True,
+                       checkpoint_every=2, seed=4)
+
+    whole = Trainer(config("whole"), DistContext(), progress=False)
+    start = whole.teacher.dense.encoder.fingerprint()
+    log = whole.run().log
+    assert all(math.isfinite(s["loss"]) and math.isfinite(s["distill"]) and s["distill"] >= 0 for s in log["steps"])
+    assert all(s["loss"] == pytest.approx(s["contrastive"] + 0.5 * s["distill"], abs=2e-5) for s in log["steps"])
+    assert math.isfinite(log["epochs"][1]["distill_loss"]) and log["epochs"][1]["distill_loss"] > 0
+    # The teacher is the starting model, frozen: no gradient, same weights, while the student moved.
+    teacher = whole.teacher.dense.encoder
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert teacher.fingerprint() == start == load_encoder(str(tiny_base), query_max_length=32,
+                                                          passage_max_length=64).fingerprint()
+    assert whole.model.fingerprint() != start
+
+    crash_at = [s["step"] for s in log["steps"] if s["epoch"] == 2][1]
+    crashed = Trainer(config("crash"), DistContext(), progress=False, on_step=_crash_at(crash_at))
+    with pytest.raises(RuntimeError, match="crash"):
+        crashed.run()
+    resumed = Trainer(config("crash"), DistContext(), progress=False)
+    resumed.restore()
+    assert (resumed.epoch, resumed.batch_index) == (2, 1)           # after epoch 2's mining, before its 2nd step
+    assert resumed.negatives.teacher_scores == crashed.negatives.teacher_scores
+    result = resumed.run()
+    assert [s["loss"] for s in result.log["steps"]] == [s["loss"] for s in log["steps"]]
+    assert [s["distill"] for s in result.log["steps"]] == [s["distill"] for s in log["steps"]]
+
+
+def _crash_at(step: int):
+    def hook(global_step: int) -> None:
+        if global_step == step:
+            raise RuntimeError(f"simulated crash after step {step}")
+    return hook
+
+
+def test_new_loss_and_negative_settings_are_validated(tmp_path: Path) -> None:
+    base = dict(train="t", val="v", out="o")
+    assert TrainConfig(**base, negative_ranks="10:100").negative_window == (10, 100)
+    assert TrainConfig(**base).negative_window is None
+    for ranks in ("10", "5:5", "9:3", "-1:4", "a:b"):
+        with pytest.raises(ValueError, match="START:END"):
+            TrainConfig(**base, negative_ranks=ranks)
+    with pytest.raises(ValueError, match="negative_margin"):
+        TrainConfig(**base, negative_margin=1.0)
+    with pytest.raises(ValueError, match="apply to mined negatives"):
+        TrainConfig(**base, hard_negatives="file", negative_margin=0.1)
+    with pytest.raises(ValueError, match="needs --hard-negatives"):
+        TrainConfig(**base, hard_negatives="none", distill_weight=1.0)
+    with pytest.raises(ValueError, match="teacher must be"):
+        TrainConfig(**base, distill_weight=1.0, teacher=str(tmp_path))
+    with pytest.raises(ValueError, match="teacher_temperature"):
+        TrainConfig(**base, teacher_temperature=0.0)
+    with pytest.raises(ValueError, match="student_temperature"):
+        TrainConfig(**base, student_temperature=-1.0)
+    # The defaults change nothing: no window, no margin, no symmetric term, no distillation.
+    defaults = TrainConfig(**base)
+    assert (defaults.negative_ranks, defaults.negative_margin, defaults.symmetric, defaults.distill_weight) == (
+        None, 0.0, False, 0.0)
