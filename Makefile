@@ -8,8 +8,6 @@ DATA ?= data/nq_oracle
 HOST ?= 127.0.0.1
 PORT ?= 8000
 EPOCHS ?= 1
-# Query encoding on ONNX Runtime: same vectors as torch, lower latency (docs/history.md "Speed benchmark").
-RUNTIME ?= onnx
 
 .PHONY: run test venv train index serve clean reliability
 
@@ -30,7 +28,7 @@ run: venv
 		--val $(DATA)/nq-oracle-val.json --out $(RUN_DIR)/model --epochs $(EPOCHS) --hard-negatives model
 	test -e $(RUN_DIR)/index/current -o -f $(RUN_DIR)/index/manifest.json || $(DPR) index --model $(RUN_DIR)/model \
 		--kb $(DATA)/nq-oracle-train.json --kb $(DATA)/nq-oracle-val.json --out $(RUN_DIR)/index
-	$(DPR) serve --index $(RUN_DIR)/index --host $(HOST) --port $(PORT) --runtime $(RUNTIME)
+	$(DPR) serve --index $(RUN_DIR)/index --host $(HOST) --port $(PORT)
 
 test: venv
 	$(PY) -m pytest -q

@@ -6,7 +6,7 @@ benchmark JSON in ``docs/results/`` so a figure in the docs can never drift from
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each one
 ends with the command and the date of the run it shows. To publish a new run, copy its JSON to
-``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``) and run this.
+``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``) and run this.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ BENCHMARKS = REPO / "docs" / "benchmarks.md"
 SCALING = REPO / "docs" / "scaling.md"
 SERVING = REPO / "docs" / "serving.md"
 DOCUMENTS = REPO / "docs" / "documents.md"
+TRAINING = REPO / "docs" / "training.md"
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
@@ -65,15 +66,15 @@ def settings_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def recall_block(report: dict[str, Any] | None) -> str:
+def recall_block(report: dict[str, Any] | None, queries: str = "questions") -> str:
     if report is None:
         return "No recall run published yet.\n"
     data = report["data"]
     chosen = report["fusion"]["chosen"]
     fusion = (f"interp, dense weight {chosen['alpha_dense']:.2f}" if chosen["method"] == "interp" else "RRF")
-    return (f"{data['test_queries']} held-out questions, {data['kb_passages']} passages; values in %, 95% bootstrap "
+    return (f"{data['test_queries']} held-out {queries}, {data['kb_passages']} passages; values in %, 95% bootstrap "
             f"interval over queries; hybrid fusion ({fusion}) chosen on the {report['fusion']['n_queries']} "
-            f"training questions only.\n\n{report['table'].strip()}\n\n"
+            f"training {queries} only.\n\n{report['table'].strip()}\n\n"
             + _run_line(report, "dpr bench recall") + "\n")
 
 
@@ -119,6 +120,67 @@ def peers_block(report: dict[str, Any] | None) -> str:
     runtime = " ".join(report.get("options", {}).get("serve_args") or []) or "torch runtime"
     return ("\n".join(lines) + f"\n\nDense, k=10; dpr: {runtime}, query cache off. "
             + _run_line(report, "dpr bench speed --peers") + "\n")
+
+
+def recall_summary(report: dict[str, Any] | None, queries: str = "claims") -> str:
+    """The README's short form of a recall run: nDCG@10 per row, its paired difference from the
+    zero-shot row, and what training it cost (the full table: docs/training.md)."""
+    if report is None:
+        return "No recall run published yet.\n"
+    from eval.compare import format_p
+
+    lines = ["| system | nDCG@10 (95% CI) | vs zero-shot, paired | training: time, peak RSS |", "|---|---|---|---|"]
+    for row in report["rows"]:
+        m = row["metrics"]["ndcg@10"]
+        vs = (row.get("vs") or {}).get("zero-shot", {}).get("ndcg@10")
+        delta = "-" if vs is None else f"{100 * vs['diff']:+.1f} (p={format_p(vs['p'])})"
+        cost = row.get("cost") or {}
+        train = ("-" if cost.get("train_seconds") is None
+                 else f"{cost['train_seconds'] / 60:.1f} min, {cost['train_peak_rss_mb'] / 1024:.1f} GB")
+        lines.append(f"| {row['name']} | {100 * m['value']:.1f} ({100 * m['ci_low']:.1f}-{100 * m['ci_high']:.1f}) | "
+                     f"{delta} | {train} |")
+    data = report["data"]
+    return ("\n".join(lines) + f"\n\n{data['test_queries']} held-out {queries}, {data['kb_passages']} passages; "
+            "recipes and the full table: [docs/training.md](docs/training.md#results-on-scifact). "
+            + _run_line(report, "dpr bench recall") + "\n")
+
+
+def _split_rows(report: dict[str, Any]) -> list[str]:
+    lines = ["| server setup | client p50 / p95 ms | queue | encode | search | fetch | handler | outside it |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in report["runs"]:
+        label, c, srv = run["label"], run["client_ms"], run["server_ms"]
+        phase = {name: srv.get(name, {}).get("p50") for name in ("queue", "encode", "search", "fetch", "total")}
+        outside = round(c["p50"] - phase["total"], 2) if phase["total"] is not None else None
+        cells = [label, f"{c['p50']} / {c['p95']}", *(phase[n] for n in ("queue", "encode", "search", "fetch", "total")),
+                 outside]
+        lines.append("| " + " | ".join("-" if v is None else str(v) for v in cells) + " |")
+    return lines
+
+
+def latency_block(report: dict[str, Any] | None) -> str:
+    """Where one query's time goes over HTTP, per server setup (`dpr bench latency --json --label`)."""
+    if not report or not report.get("runs"):
+        return "No latency split published yet.\n"
+    first = report["runs"][0]
+    return ("\n".join(_split_rows(report)) + f"\n\n{first['n']} questions one at a time, k={first['k']}, "
+            f"{first['mode']}, cache off; p50 ms of `Server-Timing` phases; outside = client minus handler. "
+            "Command: `dpr bench latency --json docs/results/latency.json --label NAME`, each row's flags and "
+            "load in [benchmarks](docs/benchmarks.md#latency-split).\n")
+
+
+def latency_full(report: dict[str, Any] | None) -> str:
+    """The same table with each run's command, machine and load (docs/benchmarks.md)."""
+    if not report or not report.get("runs"):
+        return "No latency split published yet.\n"
+    first = report["runs"][0]
+    runs = [f"- {run['label']}: `{run['command']}` (run {run['created_at'][:10]}, load average "
+            f"{run['machine'].get('load_avg_at_start')} at its start)" for run in report["runs"]]
+    return ("\n".join(_split_rows(report)) + f"\n\n{first['n']} nq_oracle questions one at a time over one "
+            f"keep-alive connection, k={first['k']}, {first['mode']}, query cache off, each setup its own `dpr serve`. "
+            "Server phases are p50 of the `Server-Timing` header; \"outside it\" is the client's p50 minus the "
+            "handler's (HTTP parsing, routing, dependencies, JSON, the client itself). "
+            f"{first['machine'].get('cores')}-core {first['machine'].get('cpu')}.\n\n" + "\n".join(runs) + "\n")
 
 
 def reliability_block(report: dict[str, Any] | None) -> str:
@@ -260,12 +322,16 @@ def speed_details(report: dict[str, Any] | None) -> str:
 BLOCKS: dict[str, Callable[[], str]] = {
     "settings": settings_table,
     "recall": lambda: recall_block(_load("recall")),
+    "recall-scifact": lambda: recall_block(_load("recall-scifact"), "claims"),
+    "recall-scifact-short": lambda: recall_summary(_load("recall-scifact")),
     "speed": lambda: speed_block(_load("speed")),
     "reliability": lambda: reliability_block(_load("reliability")),
     "reliability-table": lambda: reliability_table(_load("reliability")),
     "reliability-details": lambda: reliability_details(_load("reliability")),
     "merge": lambda: merge_block(_load("merge")),
     "peers": lambda: peers_block(_load("peers")),
+    "latency": lambda: latency_block(_load("latency")),
+    "latency-full": lambda: latency_full(_load("latency")),
     "speed-details": lambda: speed_details(_load("speed")),
     "live": lambda: live_block(_load("live")),
     "live-full": lambda: live_full(_load("live")),
@@ -273,7 +339,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
 }
 
 
-DOCS = (README, BENCHMARKS, SCALING, SERVING, DOCUMENTS)
+DOCS = (README, BENCHMARKS, SCALING, SERVING, DOCUMENTS, TRAINING)
 
 
 def render(text: str) -> str:

@@ -44,9 +44,9 @@ def serving(index_dir: str | Path, extra: Sequence[str] = (), env: dict[str, str
 
 
 def sequential_latency(port: int, queries: Sequence[str], k: int = 10, warmup: int = 5,
-                       mode: str = "dense") -> dict[str, Any]:
+                       mode: str = "dense", host: str = "127.0.0.1") -> dict[str, Any]:
     """One query at a time over one keep-alive connection: client-side p50/p95/p99, and the server's split."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn = http.client.HTTPConnection(host, port, timeout=60)
     client_ms: list[float] = []
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
     try:

@@ -125,7 +125,7 @@ def _real_index(options: SpeedOptions, work: Path) -> Path:
     return out
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -227,7 +227,7 @@ def run_speed(options: SpeedOptions, command: str = "") -> dict[str, Any]:
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              "machine": _machine(), "options": asdict(options), "seconds": {}}
+                              "machine": machine_info(), "options": asdict(options), "seconds": {}}
     for name in options.sections:
         start = time.perf_counter()
         logger.info("section %s", name)

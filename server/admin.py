@@ -61,8 +61,7 @@ def _load(index_dir: str, model_dir: str | None, current: Engine | None, setting
                        f"{index_dir}: not an index directory (or its current build is missing)") from None
     roots = [build, Path(index_dir), Path(index_dir).resolve()]
     try:
-        return load_engine(index_dir, model_dir, reuse=current, cache_size=settings.encode_cache_size,
-                           quantize=settings.quantize, runtime=settings.runtime, fusion=settings.fusion())
+        return load_engine(index_dir, model_dir, reuse=current, **settings.engine_options())
     except ManifestMismatch as e:
         raise APIError(409, "reload refused: the model does not match the index", _public(str(e), roots)) from None
     except EngineLoadError as e:

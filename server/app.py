@@ -53,8 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise ValueError("no index to serve: pass --index DIR or set DPR_INDEX_DIR")
         configure_torch(settings.torch_threads)
         engine = await anyio.to_thread.run_sync(
-            lambda: load_engine(settings.index_dir, settings.model_dir, cache_size=settings.encode_cache_size,
-                                quantize=settings.quantize, runtime=settings.runtime, fusion=settings.fusion()))
+            lambda: load_engine(settings.index_dir, settings.model_dir, **settings.engine_options()))
     except Exception as e:
         # Kept for `dpr serve`, which turns it into one clear line and a non-zero exit.
         app.state.startup_error = e

@@ -125,16 +125,17 @@ class Engine:
         title), and each text's token count after truncation (for ``usage``)."""
         texts = list(texts)
         if kind == "query":
-            vectors, max_length = self.encode(texts), self.encoder.config.query_max_length
+            vectors = self.encode(texts)
+            with self._tokenizer_lock:
+                ids = self.encoder.tokenize_queries(texts, padding=False)["input_ids"]
         elif kind == "passage":
             passages = [Passage(pid="", title="", text=t) for t in texts]
             with self._tokenizer_lock, torch.inference_mode():
                 vectors = self.encoder.encode_passages(passages)
-            max_length = self.encoder.config.passage_max_length
+                # Counted as encoded (the encoder's passage_format), not as a plain string.
+                ids = self.encoder.tokenize_passages(passages, padding=False)["input_ids"]
         else:
             raise ValueError(f"kind must be query or passage, got {kind!r}")
-        with self._tokenizer_lock:
-            ids = self.encoder.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         return np.asarray(vectors, dtype=np.float32), [len(x) for x in ids]
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -296,7 +297,7 @@ class EngineHolder:
 
 def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: Engine | None = None,
                 cache_size: int = 1024, quantize: str = "none", runtime: str = "torch",
-                fusion: FusionConfig = FusionConfig()) -> Engine:
+                fusion: FusionConfig = FusionConfig(), solo_threads: int | None = None) -> Engine:
     """Open ``index_dir`` and the model it was built with (or ``model_dir``), refusing a mismatch.
 
     Everything is checked before the engine is returned: every file against the manifest (SHA-256),
@@ -304,7 +305,8 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
     ``reuse``: an engine whose encoder is kept when it is the model asked for (a reload of a newer
     build from the same model does not load the weights again). ``quantize`` ("int8") and ``runtime``
     ("onnx"): how queries are encoded, :func:`retriever.runtime.prepare_encoder` (an index embedded at
-    another precision is served with a warning, not refused: same weights).
+    another precision is served with a warning, not refused: same weights). ``solo_threads``: ONNX
+    Runtime threads of a query encoded while no other is (:class:`retriever.onnx_runtime.OrtTower`).
     """
     from retriever.quantize import check_mode, quantization_mismatch
     from retriever.runtime import check_runtime, prepare_encoder
@@ -329,16 +331,18 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
                                       f"cannot load the model the index names ({type(e).__name__}; see the "
                                       "server log)") from e
             try:
-                prepare_encoder(encoder, runtime, quantize)
+                prepare_encoder(encoder, runtime, quantize, solo_threads=solo_threads)
             except (RuntimeError, ValueError) as e:
                 raise EngineLoadError(f"cannot run model {ref!r} as runtime={runtime}, quantize={quantize}: {e}") from e
         try:
             check_encoder(index.manifest, encoder)
         except ManifestMismatch as e:
             raise ManifestMismatch(f"{index_dir} with model {ref}: {e}", getattr(e, "differences", None)) from None
-        warning = quantization_mismatch(index.manifest["model"].get("quantize"), quantize)
+        built = index.manifest["model"].get("quantize") or "none"
+        warning = quantization_mismatch(built, quantize)
         if warning:
-            logger.warning("%s: %s", index_dir, warning)
+            # int8 queries over fp32 passages is the serving default, measured; other pairings are not.
+            (logger.info if (built, quantize) == ("none", "int8") else logger.warning)("%s: %s", index_dir, warning)
         engine = Engine(index, encoder, model_dir=ref, cache_size=cache_size, fusion=fusion)
         engine.selfcheck()
     except BaseException:

@@ -14,6 +14,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The server encodes queries on ONNX Runtime int8 by default; most tests serve on torch fp32, which
+# starts without an export and answers with the build's own vectors. The defaults have their own tests.
+os.environ.setdefault("DPR_RUNTIME", "torch")
+os.environ.setdefault("DPR_QUANTIZE", "none")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data" / "nq_oracle"

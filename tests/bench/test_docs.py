@@ -16,7 +16,7 @@ def test_generated_blocks_are_up_to_date() -> None:
 
 def test_every_result_block_names_its_command() -> None:
     text = README.read_text(encoding="utf-8")
-    for name in ("recall", "speed", "reliability", "merge", "live"):
+    for name in ("recall", "latency", "reliability", "merge", "live"):
         block = re.search(rf"<!-- generated:{name} -->\n(.*?)<!-- /generated:{name} -->", text, re.S).group(1)
         assert "Command: `" in block or "No " in block, name
 
@@ -37,3 +37,21 @@ def test_readme_is_for_users_and_short() -> None:
     assert text.splitlines()[3:5] == ["make run    # set up .venv, train briefly on the bundled NQ demo data, build "
                                       "the index, serve on 127.0.0.1:8000",
                                       "make test   # set up .venv and run the test suite"]
+
+
+def test_recall_summary_shows_the_paired_difference_and_the_training_cost() -> None:
+    from bench.docs import recall_summary
+
+    def metric(v: float) -> dict:
+        return {"ndcg@10": {"value": v, "ci_low": v - 0.02, "ci_high": v + 0.02}}
+
+    report = {"data": {"test_queries": 162, "kb_passages": 5183}, "command": "dpr bench recall --x",
+              "created_at": "2026-12-01T20:00:00+00:00",
+              "rows": [{"name": "zero-shot", "metrics": metric(0.65), "cost": {"train_seconds": None}},
+                       {"name": "tuned", "metrics": metric(0.74),
+                        "vs": {"zero-shot": {"ndcg@10": {"diff": 0.09, "low": 0.05, "high": 0.13, "p": 0.0001}}},
+                        "cost": {"train_seconds": 1500.0, "train_peak_rss_mb": 3072.0}}]}
+    text = recall_summary(report)
+    assert "| zero-shot | 65.0 (63.0-67.0) | - | - |" in text
+    assert "| tuned | 74.0 (72.0-76.0) | +9.0 (p=" in text and "| 25.0 min, 3.0 GB |" in text
+    assert "162 held-out claims, 5183 passages" in text and "Command: `dpr bench recall --x` (run 2026-12-01)" in text

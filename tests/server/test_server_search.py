@@ -139,3 +139,35 @@ def test_onnx_runtime_server_answers_like_the_torch_one(client, index_a: Path) -
         assert r.status_code == 200
         want = client.post("/search", json={"query": query, "k": 5, "mode": "dense"}).json()["results"]
         assert [h["id"] for h in r.json()["results"]] == [h["id"] for h in want]
+
+
+def test_default_settings_serve_int8_onnx_queries_over_the_fp32_build(client, index_a: Path, monkeypatch,
+                                                                       caplog) -> None:
+    """Without DPR_RUNTIME/DPR_QUANTIZE a server encodes queries on ONNX Runtime int8 (the suite's
+    conftest pins torch fp32 for speed, so this clears it), logs the pairing at INFO, not as a warning,
+    and ranks like the fp32 torch server."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    monkeypatch.delenv("DPR_RUNTIME", raising=False)
+    monkeypatch.delenv("DPR_QUANTIZE", raising=False)
+    defaults = Settings()
+    assert (defaults.runtime, defaults.quantize) == ("onnx", "int8")
+    with caplog.at_level(logging.INFO, logger="server.engine"), \
+            TestClient(create_app(Settings(index_dir=index_a))) as int8_client:
+        encoder = int8_client.app.state.holder.current.encoder
+        assert (encoder.runtime, encoder.quantization) == ("onnx", "int8")
+        overlap = []
+        for query in _questions(6):
+            got = int8_client.post("/search", json={"query": query, "k": 5, "mode": "dense"})
+            assert got.status_code == 200
+            want = client.post("/search", json={"query": query, "k": 5, "mode": "dense"}).json()["results"]
+            overlap.append(len({h["id"] for h in got.json()["results"]} & {h["id"] for h in want}))
+    mismatch = [r for r in caplog.records if "quantize='int8'" in r.getMessage()]
+    assert mismatch and all(r.levelno == logging.INFO for r in mismatch)
+    # int8 rounding may swap near-ties on the random tiny model; the top 5 stay mostly the same.
+    assert sum(overlap) >= 0.8 * 5 * len(overlap), overlap
