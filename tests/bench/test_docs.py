@@ -16,7 +16,7 @@ def test_generated_blocks_are_up_to_date() -> None:
 
 def test_every_result_block_names_its_command() -> None:
     text = README.read_text(encoding="utf-8")
-    for name in ("recall", "latency", "reliability", "merge", "live"):
+    for name in ("recall", "latency", "reliability", "peers"):
         block = re.search(rf"<!-- generated:{name} -->\n(.*?)<!-- /generated:{name} -->", text, re.S).group(1)
         assert "Command: `" in block or "No " in block, name
 
