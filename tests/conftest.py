@@ -1,12 +1,15 @@
 """Shared fixtures: a tiny random DistilBERT dual encoder (seconds on CPU) and small data files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,18 @@ class TorchRun:
 @pytest.fixture()
 def torchrun() -> TorchRun:
     return TorchRun()
+
+
+@contextlib.contextmanager
+def serve_http(handler: type) -> Iterator[str]:
+    """A stub HTTP server on a free local port, answering with ``handler`` in a thread; yields its URL."""
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,14 +4,14 @@ tests/bench/test_speed.py runs against a real server; here a stub server gives a
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from driver.main import main
+from tests.conftest import serve_http
 
 
 class _FakeSearch(BaseHTTPRequestHandler):
@@ -35,13 +35,8 @@ class _FakeSearch(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def fake_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeSearch)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    with serve_http(_FakeSearch) as url:
+        yield url
 
 
 def test_latency_runs_are_recorded_by_label_and_render_the_split(tmp_path: Path, fake_server: str) -> None:

@@ -5,9 +5,8 @@ import argparse
 import hashlib
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from eval.client import retrieve_with_server
 from eval.evalset import load_eval_set
 from eval.runner import EvalOptions
 from reliability.serve_proc import start_server
+from tests.conftest import serve_http
 
 BASE_METRICS = {"recall@1", "recall@5", "recall@10", "recall@20", "recall@100", "mrr@10", "ndcg@10",
                 "full_recall@100"}
@@ -180,14 +180,8 @@ class FakeServer(BaseHTTPRequestHandler):
 @pytest.fixture()
 def fake_server() -> Iterator[str]:
     FakeServer.gold, FakeServer.first, FakeServer.batches = {}, set(), []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(FakeServer) as url:
+        yield url
 
 
 def test_server_url(small_nq: tuple[Path, Path], fake_server: str, tmp_path: Path) -> None:
