@@ -30,8 +30,10 @@ run: venv
 		--kb $(DATA)/nq-oracle-train.json --kb $(DATA)/nq-oracle-val.json --out $(RUN_DIR)/index
 	$(DPR) serve --index $(RUN_DIR)/index --host $(HOST) --port $(PORT)
 
+# One worker per core (pytest-xdist): much of the suite waits on subprocesses and servers starting.
+# A file's tests stay on one worker, so its module fixtures are built once.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # The long reliability checks (fuzzing, 60 s load + hot swap, kill -9 of builds, corrupt indexes);
 # the first run also builds the two MiniLM indexes under runs/reliability (minutes on a CPU).

@@ -66,7 +66,7 @@ def settings_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def recall_block(report: dict[str, Any] | None, queries: str = "questions") -> str:
+def recall_block(report: dict[str, Any] | None, queries: str = "questions", selection: bool = False) -> str:
     if report is None:
         return "No recall run published yet.\n"
     data = report["data"]
@@ -75,37 +75,34 @@ def recall_block(report: dict[str, Any] | None, queries: str = "questions") -> s
     return (f"{data['test_queries']} held-out {queries}, {data['kb_passages']} passages; values in %, 95% bootstrap "
             f"interval over queries; hybrid fusion ({fusion}) chosen on the {report['fusion']['n_queries']} "
             f"training {queries} only.\n\n{report['table'].strip()}\n\n"
+            + (_selection_table(report) if selection else "")
             + _run_line(report, "dpr bench recall") + "\n")
 
 
-def _latency_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    lat = report.get("latency") or {}
-    return list(lat.get("rows", []) if isinstance(lat, dict) else lat)
-
-
-def _throughput_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    t = report.get("throughput") or {}
-    return list(t.get("rows", []) if isinstance(t, dict) else t)
-
-
-def speed_block(report: dict[str, Any] | None) -> str:
-    """The README's short form: client latency per index, and q/s with micro-batching."""
-    if report is None:
-        return "No speed run published yet.\n"
-    lines = ["| HTTP, one query at a time | vectors | p50 ms | p95 ms |", "|---|---|---|---|"]
-    for r in _latency_rows(report):
-        name = "real KB" if r.get("index") == "real KB" else "synthetic"
-        lines.append(f"| {name}, {r.get('index_type')} | {r.get('count')} | {r['client_ms']['p50']} | "
-                     f"{r['client_ms']['p95']} |")
-    qps = [f"{r['qps']} at {r['concurrency']}" for r in _throughput_rows(report) if r.get("microbatch")]
-    failed = sum(r["failed"] for r in _throughput_rows(report))
-    machine = report.get("machine") or {}
-    runtime = " ".join(report.get("options", {}).get("serve_args") or []) or "torch runtime"
-    return ("\n".join(lines) + (f"\n\nQueries/s with micro-batching, by concurrency: {', '.join(qps)} ({failed} "
-                                f"failed)." if qps else "")
-            + f" k=10, dense, query cache off, {runtime}; {machine.get('cores', '?')}-core {machine.get('cpu', '?')}, "
-            f"load average {machine.get('load_avg_at_start')} at the start. " + _run_line(report, "dpr bench speed")
-            + "\n")
+def _selection_table(report: dict[str, Any]) -> str:
+    """Each trained row's validation metric by epoch (epoch 0: the starting model): what picked its
+    checkpoint, and what a recipe is chosen on (never the held-out table above)."""
+    training = report.get("training") or {}
+    if not training:
+        return ""
+    beir = "split" in (report.get("data") or {})
+    lines = ["| trained row | validation metric | by epoch (0: start) | kept | train time |", "|---|---|---|---|---|"]
+    for name, t in training.items():
+        epochs = t.get("epochs") or []
+        config = t.get("config") or {}
+        metric = config.get("select_metric", "auto")
+        if metric == "auto":  # TrainConfig's rule: nDCG@10 on a BEIR folder, else Recall@val_k
+            metric = "ndcg@10" if beir else f"recall@{config.get('val_k', 5)}"
+        if not epochs or metric not in epochs[0]["val_metrics"]:
+            continue
+        values = " → ".join(f"{100 * e['val_metrics'][metric]:.1f}" for e in epochs)
+        seconds = t.get("total_seconds")
+        time = "-" if seconds is None else f"{seconds / 60:.1f} min" + (" (earlier run)" if t.get("reused") else "")
+        lines.append(f"| {name} | {metric} | {values} | epoch {t.get('best_epoch')} | {time} |")
+    where = ("the dev split" if beir else f"{Path(str((report.get('data') or {}).get('val', 'validation'))).name}, "
+             "the held-out set itself")
+    return (f"Checkpoint selection, on {where} (an unsupervised row: on held-out pseudo queries):\n\n"
+            + "\n".join(lines) + "\n\n")
 
 
 def peers_block(report: dict[str, Any] | None) -> str:
@@ -122,27 +119,33 @@ def peers_block(report: dict[str, Any] | None) -> str:
             + _run_line(report, "dpr bench speed --peers") + "\n")
 
 
-def recall_summary(report: dict[str, Any] | None, queries: str = "claims") -> str:
-    """The README's short form of a recall run: nDCG@10 per row, its paired difference from the
-    zero-shot row, and what training it cost (the full table: docs/training.md)."""
+def recall_summary(report: dict[str, Any] | None, queries: str = "claims", metric: str = "ndcg@10",
+                   full: str = "docs/training.md#results-on-scifact") -> str:
+    """The README's short form of a recall run: ``metric`` per row, its paired difference from the
+    zero-shot row, and what training it cost (the full table: ``full``)."""
     if report is None:
         return "No recall run published yet.\n"
     from eval.compare import format_p
 
-    lines = ["| system | nDCG@10 (95% CI) | vs zero-shot, paired | training: time, peak RSS |", "|---|---|---|---|"]
+    label = metric.replace("ndcg@", "nDCG@").replace("recall@", "R@")
+    lines = [f"| system | {label} (95% CI) | vs zero-shot, paired | training: time, peak RSS |", "|---|---|---|---|"]
     for row in report["rows"]:
-        m = row["metrics"]["ndcg@10"]
-        vs = (row.get("vs") or {}).get("zero-shot", {}).get("ndcg@10")
+        m = row["metrics"][metric]
+        vs = (row.get("vs") or {}).get("zero-shot", {}).get(metric)
         delta = "-" if vs is None else f"{100 * vs['diff']:+.1f} (p={format_p(vs['p'])})"
         cost = row.get("cost") or {}
         train = ("-" if cost.get("train_seconds") is None
-                 else f"{cost['train_seconds'] / 60:.1f} min, {cost['train_peak_rss_mb'] / 1024:.1f} GB")
+                 else f"{cost['train_seconds'] / 60:.1f} min"
+                 + ("" if cost.get("train_peak_rss_mb") is None else f", {cost['train_peak_rss_mb'] / 1024:.1f} GB")
+                 + (" (earlier run)" if row.get("training_reused") else ""))
         lines.append(f"| {row['name']} | {100 * m['value']:.1f} ({100 * m['ci_low']:.1f}-{100 * m['ci_high']:.1f}) | "
                      f"{delta} | {train} |")
     data = report["data"]
+    run = _run_line(report, "dpr bench recall")
+    if len(run) > 300:  # a command with several --recipe JSONs: it is printed in full beside the full table
+        run = f"The command (run {str(report.get('created_at', ''))[:10]}) is beside the full table."
     return ("\n".join(lines) + f"\n\n{data['test_queries']} held-out {queries}, {data['kb_passages']} passages; "
-            "recipes and the full table: [docs/training.md](docs/training.md#results-on-scifact). "
-            + _run_line(report, "dpr bench recall") + "\n")
+            f"recipes and the full table: [{full.split('#')[0]}]({full}). " + run + "\n")
 
 
 def _split_rows(report: dict[str, Any]) -> list[str]:
@@ -265,30 +268,6 @@ def live_block(report: dict[str, Any] | None) -> str:
             "the encoder start from computed query vectors. " + _run_line(report, "dpr bench live") + "\n")
 
 
-def live_full(report: dict[str, Any] | None) -> str:
-    """Every real-KB figure of the live run, with the ratios."""
-    if report is None:
-        return ""
-    r = report["real_kb"]
-    up, lat = r["upserts"], r["latency"]
-    lines = ["| what | figure |", "|---|---|"]
-    for key in ("single", "batched", "encode_only"):
-        if key in up:
-            lines.append(f"| {key.replace('_', ' ')}: {up[key]['documents']} documents | {up[key]['seconds']} s, "
-                         f"{up[key]['docs_per_s']} docs/s |")
-    for key, name in _LIVE_MODES:
-        if key in lat:
-            lines.append(f"| {name}: p50 live / compacted | {lat[key]['live_p50_ms']} / {lat[key]['compacted_p50_ms']} "
-                         f"ms ({lat[key]['ratio']:.2f}x) |")
-    for name, row in r["filters"].items():
-        if isinstance(row, dict):
-            lines.append(f"| filter `{json.dumps(row['filter'])}` (keeps {100 * row['share']:.1f}%) | {row['p50_ms']} "
-                         f"ms ({row['ratio']:.2f}x unfiltered, {r['filters']['unfiltered_p50_ms']} ms) |")
-    lines.append(f"| memory per live passage | {r['memory']['bytes_per_live_passage']:,} bytes "
-                 f"({r['memory']['live_passages']} passages) |")
-    return "\n".join(lines) + "\n"
-
-
 def live_details(report: dict[str, Any] | None) -> str:
     """Filters at scale: synthetic vectors, flat and HNSW, p50 and recall@10 against exact filtered search."""
     if report is None or not report.get("synthetic"):
@@ -321,10 +300,11 @@ def speed_details(report: dict[str, Any] | None) -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "settings": settings_table,
-    "recall": lambda: recall_block(_load("recall")),
-    "recall-scifact": lambda: recall_block(_load("recall-scifact"), "claims"),
+    "recall": lambda: recall_summary(_load("recall"), "questions", "recall@5",
+                                     "docs/benchmarks.md#recall-benchmark-dpr-bench-recall"),
+    "recall-full": lambda: recall_block(_load("recall"), selection=True),
+    "recall-scifact": lambda: recall_block(_load("recall-scifact"), "claims", selection=True),
     "recall-scifact-short": lambda: recall_summary(_load("recall-scifact")),
-    "speed": lambda: speed_block(_load("speed")),
     "reliability": lambda: reliability_block(_load("reliability")),
     "reliability-table": lambda: reliability_table(_load("reliability")),
     "reliability-details": lambda: reliability_details(_load("reliability")),
@@ -334,7 +314,6 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "latency-full": lambda: latency_full(_load("latency")),
     "speed-details": lambda: speed_details(_load("speed")),
     "live": lambda: live_block(_load("live")),
-    "live-full": lambda: live_full(_load("live")),
     "live-details": lambda: live_details(_load("live")),
 }
 

@@ -244,7 +244,9 @@ def section_peers(options: Any, work: Path, queries: Sequence[str]) -> dict[str,
         out = work / f"dpr-train-{r}"
         _run([*dpr, "train", "--model", options.model, "--train", options.train, "--val", str(val), "--out",
               str(out), "--epochs", "1", "--batch-size", str(hp["batch_size"]), "--lr", str(hp["lr"]),
-              "--warmup-ratio", str(hp["warmup_ratio"]), "--hard-negatives", "none", "--no-progress"])
+              # The same loss as MultipleNegativesRankingLoss, which caches no gradients either.
+              "--warmup-ratio", str(hp["warmup_ratio"]), "--hard-negatives", "none", "--grad-cache-chunk", "0",
+              "--no-progress"])
         log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
         train["dpr_s"].append(round(sum(e.get("train_seconds", 0.0) for e in log["epochs"]), 2))
         done = _run([*me, "st-train", "--model", model_path, "--train", options.train, "--out",

@@ -78,6 +78,9 @@ class BenchOptions:
     n_resamples: int = opt(DEFAULT_RESAMPLES, "bootstrap resamples", flag="--resamples")
     batch_size: int = opt(64, "texts per encoder batch")
     progress: bool = opt(True, "progress bars")
+    # A row is hours of CPU on a real corpus: adding one row to a run must not retrain the others.
+    retrain: bool = opt(False, "train every row again, even one whose OUT/models/ROW holds a finished training "
+                        "of the same TrainConfig on the same data (default: reuse it and its recorded cost)")
     # Fewer rows, less CPU on a big corpus. None: the default rows and every new --recipe.
     rows: tuple[str, ...] | None = opt(None, f"dense rows to run, by recipe name ({', '.join(RECIPES)} or a "
                                        f"--recipe); default: {','.join(DEFAULT_ROWS)} and each new --recipe. "
@@ -198,11 +201,51 @@ def _write_kb(kb: Sequence[Passage], path: Path) -> Path:
     return path
 
 
-def _train(config: Any, name: str, progress: bool) -> dict[str, Any]:
-    """Train one row in its own process; ``{"best_epoch", "log", "seconds", "peak_rss_mb"}``."""
+ROW_RECORD = "bench_row.json"
+
+
+def _training_key(config: Any) -> dict[str, Any]:
+    """What a finished training must match to stand in for a new one: its config and its data's bytes."""
+    files = [Path(p) for p in (config.train, config.val, *config.kb) if p]
+    # Through JSON, as the record is read back: tuples become lists.
+    return json.loads(json.dumps({"config": config.to_dict(), "data_sha256": hash_paths(files)}))
+
+
+def finished_training(config: Any) -> dict[str, Any] | None:
+    """The record of a training already done into ``config.out`` with this config and data, else None."""
+    path = Path(config.out) / ROW_RECORD
+    if not path.is_file() or not (Path(config.out) / "train_log.json").is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        logger.warning("%s: unreadable (%s): training again", path, e)
+        return None
+    key = _training_key(config)
+    differs = sorted(k for k in ("config", "data_sha256") if record.get(k) != key[k])
+    if differs:
+        fields = sorted(f for f in set(key["config"]) | set(record.get("config") or {})
+                        if (record.get("config") or {}).get(f) != key["config"].get(f))
+        logger.info("%s: an earlier training with a different %s (%s): training again", config.out,
+                    " and ".join(differs), ", ".join(fields) or "same fields")
+        return None
+    return record["trained"]
+
+
+def _train(config: Any, name: str, progress: bool, retrain: bool) -> dict[str, Any]:
+    """Train one row in its own process, or reuse its finished training; ``{"best_epoch", "log",
+    "seconds", "peak_rss_mb", "process_seconds"}`` (+ ``"reused": True``)."""
+    earlier = None if retrain else finished_training(config)
+    if earlier is not None:
+        logger.info("row %s: reusing the finished training in %s (same config and data; --retrain to train "
+                    "again)", name, config.out)
+        return {**earlier, "reused": True}
     logger.info("training %s (%s hard negatives, %d epochs, from %s)", name, config.hard_negatives, config.epochs,
                 config.model)
-    return train_in_subprocess(config, progress)
+    t0 = time.perf_counter()
+    trained = {**train_in_subprocess(config, progress), "process_seconds": round(time.perf_counter() - t0, 3)}
+    write_json(Path(config.out) / ROW_RECORD, {**_training_key(config), "trained": trained})
+    return trained
 
 
 def _score(data_qrels: Mapping[str, Any], retrieval: Retrieval, ks: Sequence[int], options: BenchOptions,
@@ -267,11 +310,10 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
     for name, recipe in recipes.items():
         trained = None
         if name in configs:
-            t0 = time.perf_counter()
-            trained = {**_train(configs[name], name, options.progress),
-                       "process_seconds": round(time.perf_counter() - t0, 3)}
+            trained = _train(configs[name], name, options.progress, options.retrain)
             log = trained["log"]
             training[name] = {"config": configs[name].to_dict(), "best_epoch": trained["best_epoch"],
+                              "reused": bool(trained.get("reused")),
                               "total_seconds": log.get("total_seconds"),
                               "epochs": [{k: v for k, v in row.items() if k != "metrics"}
                                          | {"val_metrics": row["metrics"]} for row in log["epochs"]]}
@@ -289,6 +331,7 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
         rows.append({"name": name, "kind": "dense", "model": model_ref(refs[name]), "recipe": recipe,
                      "starts_from": recipe.get("start_from"), "unsupervised": bool(recipe.get("unsupervised")),
                      "seconds": round((cost["train_seconds"] or 0) + cost["eval_seconds"], 1), "cost": cost,
+                     "training_reused": bool(trained and trained.get("reused")),
                      **scores})
 
     with measured() as m:
@@ -332,7 +375,8 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
         "environment": library_versions(), "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_json(options.out / "bench_recall.json", report)
-    (options.out / "bench_recall.md").write_text(f"{table}\n\n{table_notes(paired['baselines'])}\n", encoding="utf-8")
+    notes = table_notes(paired["baselines"], any(r.get("training_reused") for r in rows))
+    (options.out / "bench_recall.md").write_text(f"{table}\n\n{notes}\n", encoding="utf-8")
     return report
 
 

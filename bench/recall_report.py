@@ -175,18 +175,21 @@ def bench_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], baselin
         cost = row.get("cost") or {}
         cells = [_cell(row["metrics"][n]) if n in row["metrics"] else "-" for n in names]
         cells += [_delta((row.get("vs") or {}).get(b, {}).get(DELTA_METRIC)) for b in baselines]
-        cells += [_cost(cost.get("train_seconds"), cost.get("train_peak_rss_mb")),
+        reused = " †" if row.get("training_reused") else ""
+        cells += [_cost(cost.get("train_seconds"), cost.get("train_peak_rss_mb")) + reused,
                   _cost(cost.get("eval_seconds"), cost.get("eval_peak_rss_mb"))]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def table_notes(baselines: Sequence[str]) -> str:
+def table_notes(baselines: Sequence[str], reused: bool = False) -> str:
     vs = (f"Δ: {_label(DELTA_METRIC)} of the row minus that of the baseline, in points, paired on the same "
           f"queries, p from a randomisation test (two-sided), **bold** when p < 0.05 (every Recall@k and MRR "
           f"with 95% intervals: bench_recall.json, rows[].vs); " if baselines else "")
     return (f"values in %, 95% bootstrap CI over queries; {vs}train: inside the row's own training process; "
-            "peak RSS in MB (eval: the benchmark process during the row)")
+            "peak RSS in MB (eval: the benchmark process during the row)"
+            + ("; †: training reused from an earlier run of the same recipe on the same data, with the cost "
+               "that run recorded" if reused else ""))
 
 
 def print_report(report: Mapping[str, Any]) -> None:
@@ -196,7 +199,8 @@ def print_report(report: Mapping[str, Any]) -> None:
     print()
     print(report["table"])
     chosen = report["fusion"]["chosen"]
-    print(f"\n{table_notes(report['paired']['baselines'])}\nhybrid fusion {chosen['method']}"
+    notes = table_notes(report["paired"]["baselines"], any(r.get("training_reused") for r in report["rows"]))
+    print(f"\n{notes}\nhybrid fusion {chosen['method']}"
           f"{'' if chosen['alpha_dense'] is None else ' alpha_dense=' + format(chosen['alpha_dense'], '.2f')}"
           f" chosen on the {report['fusion']['n_queries']} training questions; "
           f"wall time {report['wall_seconds']}s\nwrote {report['options']['out']}/bench_recall.json, "

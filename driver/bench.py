@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from driver.main import chosen
 
 BENCHES = {
-    "recall": ("bench.recall", "dense rows by recipe (zero-shot, in-batch, in-batch+hard, --recipe), BM25 and "
+    "recall": ("bench.recall", "dense rows by recipe (zero-shot, in-batch, default, --recipe), BM25 and "
                                "hybrid: Recall@k, MRR, nDCG with CIs, paired tests against zero-shot and in-batch, "
                                "time and peak RSS per row; JSON, Markdown and a PNG of Recall@k curves"),
     "speed": ("bench.speed", "encoding throughput, int8 recall, HTTP latency (real KB and synthetic flat/HNSW/IVF), "

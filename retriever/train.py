@@ -66,7 +66,7 @@ from retriever.train_setup import (
     seed_everything,
 )
 from retriever.train_step import train_step, wrap_towers
-from retriever.validation import EvalEncoder, evaluate, format_metrics
+from retriever.validation import EvalEncoder, evaluate, format_metrics, resolve_eval_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,11 @@ class Trainer:
         # The last validation's val_kb vectors until a step; memory only (a resumed run encodes again).
         self.kb_vectors: PassageVectors | None = None
         # What validation and mining encode with: the model itself, or a frozen ONNX Runtime copy of it.
-        self.eval_encoder = EvalEncoder(config.eval_runtime)
+        self.eval_runtime = resolve_eval_runtime(config.eval_runtime, ctx.device.type, len(self.data.val_kb))
+        if config.eval_runtime == "auto":
+            logger.info("--eval-runtime auto: validating and mining on %s (%d validation passages, %s)",
+                        self.eval_runtime, len(self.data.val_kb), ctx.device.type)
+        self.eval_encoder = EvalEncoder(self.eval_runtime)
         self.best_key: tuple[float, float] | None = None
         self.row: dict[str, Any] = {}
         self.seconds_before = 0.0
@@ -269,7 +273,7 @@ class Trainer:
             self.kb_vectors = PassageVectors(self.data.val_kb, vectors, self.global_step)
 
         encoder, exported = self.eval_encoder.get(self.model, self.global_step)
-        return {"eval_runtime": self.config.eval_runtime, **({} if exported is None else {"export_seconds": exported}),
+        return {"eval_runtime": self.eval_runtime, **({} if exported is None else {"export_seconds": exported}),
                 "metrics": evaluate(encoder, self.data.val, self.data.val_kb, self.config.eval_ks,
                                     self.config.eval_batch_size, self.progress, on_vectors=keep)}
 

@@ -55,3 +55,26 @@ def test_recall_summary_shows_the_paired_difference_and_the_training_cost() -> N
     assert "| zero-shot | 65.0 (63.0-67.0) | - | - |" in text
     assert "| tuned | 74.0 (72.0-76.0) | +9.0 (p=" in text and "| 25.0 min, 3.0 GB |" in text
     assert "162 held-out claims, 5183 passages" in text and "Command: `dpr bench recall --x` (run 2026-12-01)" in text
+
+
+def test_selection_table_shows_each_trained_rows_validation_by_epoch() -> None:
+    from bench.docs import _selection_table
+
+    def epochs(*values: float) -> list[dict]:
+        return [{"epoch": i, "val_metrics": {"ndcg@10": v, "recall@5": v + 0.1}} for i, v in enumerate(values)]
+
+    beir = {"data": {"split": {"seed": 42}, "val": "scifact"},
+            "training": {"fast": {"config": {"select_metric": "auto", "val_k": 5}, "epochs": epochs(0.64, 0.68),
+                                  "best_epoch": 1, "total_seconds": 900.0},
+                         "old": {"config": {"select_metric": "recall@5"}, "epochs": epochs(0.64, 0.66, 0.65),
+                                 "best_epoch": 1, "total_seconds": 60.0, "reused": True}}}
+    text = _selection_table(beir)
+    assert "on the dev split" in text
+    assert "| fast | ndcg@10 | 64.0 → 68.0 | epoch 1 | 15.0 min |" in text
+    assert "| old | recall@5 | 74.0 → 76.0 → 75.0 | epoch 1 | 1.0 min (earlier run) |" in text
+    nq = {"data": {"val": "data/nq-oracle-val.json"},
+          "training": {"hard": {"config": {"select_metric": "auto", "val_k": 5}, "epochs": epochs(0.9),
+                                "best_epoch": 0}}}
+    text = _selection_table(nq)
+    assert "on nq-oracle-val.json, the held-out set itself" in text and "| hard | recall@5 | 100.0 | epoch 0 | - |" in text
+    assert _selection_table({"data": {}}) == ""

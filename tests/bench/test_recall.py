@@ -13,6 +13,7 @@ from bench.recall_data import RECIPES, parse_recipe, plan_rows, split_queries, w
 from bench.recall_report import bench_table
 from eval.bootstrap import paired_bootstrap_diff, paired_randomization_test
 from eval.evalset import load_eval_set
+from retriever.train_config import TrainConfig
 
 TINY_TRAINING = dict(batch_size=8, lr=1e-3, query_max_length=32, passage_max_length=64, eval_batch_size=32)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,7 +37,7 @@ def test_bench_on_nq_files_writes_table_json_and_png(tiny_base: Path, small_nq: 
                                     n_resamples=50, progress=False, train_overrides=TINY_TRAINING))
 
     names = [row["name"] for row in report["rows"]]
-    assert names[:4] == ["zero-shot", "in-batch", "in-batch+hard", "bm25"] and names[4].startswith("hybrid (")
+    assert names[:4] == ["zero-shot", "in-batch", "default", "bm25"] and names[4].startswith("hybrid (")
     # The fusion weight was chosen on the training questions, none of the held-out ones.
     train_q, val_q = set(load_eval_set(train).queries), set(load_eval_set(val).queries)
     assert tuned_on == [train_q] and not tuned_on[0] & val_q
@@ -52,8 +53,9 @@ def test_bench_on_nq_files_writes_table_json_and_png(tiny_base: Path, small_nq: 
     saved = json.loads((out / "bench_recall.json").read_text())
     assert {"rows", "table", "curves", "training", "fusion", "environment", "data", "seed", "wall_seconds",
             "options"} <= saved.keys()
-    assert set(saved["training"]) == {"in-batch", "in-batch+hard"}
-    assert saved["training"]["in-batch+hard"]["config"]["hard_negatives"] == "model"
+    assert set(saved["training"]) == {"in-batch", "default"}
+    assert saved["training"]["default"]["config"]["hard_negatives"] == "model"
+    assert saved["training"]["default"]["config"]["num_hard_negatives"] == TrainConfig.__dataclass_fields__["num_hard_negatives"].default
     assert saved["data"]["sha256"] and saved["environment"]["torch"]
     for row in saved["rows"]:
         r5 = row["metrics"]["recall@5"]
@@ -68,7 +70,7 @@ def test_bench_on_nq_files_writes_table_json_and_png(tiny_base: Path, small_nq: 
         cost = row["cost"]
         assert cost["eval_seconds"] > 0 and cost["eval_peak_rss_mb"] > 0
         assert cost["eval_rss_scope"] in ("row", "process")
-        trained = row["name"] in ("in-batch", "in-batch+hard")
+        trained = row["name"] in ("in-batch", "default")
         assert (cost["train_seconds"] is not None and 0 < cost["train_seconds"] <= cost["train_process_seconds"]
                 and cost["train_peak_rss_mb"] > 0) if trained else cost["train_peak_rss_mb"] is None
     assert "MB" in table[3].split(" | ")[-2] and table[2].split(" | ")[-2] == "-"      # in-batch trained, zero-shot not
@@ -121,10 +123,11 @@ def test_recipes_start_from_and_unsupervised_pass_through(tiny_base: Path, small
 
     trained: list = []
 
-    def fake_train(config, name, progress):
+    def fake_train(config, name, progress, retrain):
         trained.append((name, config))
         load_encoder(config.model, **config.encoder_overrides()).save(config.out)
-        return {"best_epoch": 0, "log": {"epochs": [], "total_seconds": 0.0}, "seconds": 0.01, "peak_rss_mb": 1.0}
+        return {"best_epoch": 0, "log": {"epochs": [], "total_seconds": 0.0}, "seconds": 0.01, "peak_rss_mb": 1.0,
+                "process_seconds": 0.02}
 
     monkeypatch.setattr(bench, "_train", fake_train)
     train, val = small_nq
@@ -162,6 +165,52 @@ def test_recipes_start_from_and_unsupervised_pass_through(tiny_base: Path, small
     assert rows["unsupervised+supervised"]["starts_from"] == "unsupervised" and rows["unsupervised"]["unsupervised"]
     assert report["paired"]["baselines"] == ["zero-shot"]                      # in-batch did not run
     assert set(rows["unsupervised"]["vs"]) == {"zero-shot"} and rows["zero-shot"]["vs"] == {}
+
+
+def test_finished_rows_are_reused_unless_recipe_data_or_retrain_say_otherwise(
+        tiny_base: Path, small_nq: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second run of the benchmark trains only the rows whose TrainConfig or data changed (the
+    training process is faked; the reused model is evaluated for real, with the recorded cost)."""
+    import shutil
+
+    import bench.recall as bench
+    from retriever.encoder import load_encoder
+
+    trained: list[str] = []
+
+    def fake_training_process(config, progress):
+        trained.append(config.lr)
+        load_encoder(config.model, **config.encoder_overrides()).save(config.out)
+        (Path(config.out) / "train_log.json").write_text(json.dumps({"epochs": [], "total_seconds": 12.5}))
+        return {"best_epoch": 1, "log": {"epochs": [], "total_seconds": 12.5}, "seconds": 12.5, "peak_rss_mb": 3.0}
+
+    monkeypatch.setattr(bench, "train_in_subprocess", fake_training_process)
+    (tmp_path / "data").mkdir()
+    train, val = (tmp_path / "data" / "train.json", tmp_path / "data" / "val.json")
+    shutil.copy(small_nq[0], train)
+    shutil.copy(small_nq[1], val)
+    options = BenchOptions(train=train, val=val, out=tmp_path / "bench", model=str(tiny_base), epochs=1,
+                           n_resamples=20, progress=False, train_overrides=TINY_TRAINING, rows=("in-batch",))
+
+    def in_batch_row(report: dict) -> dict:
+        return next(row for row in report["rows"] if row["name"] == "in-batch")
+
+    first = in_batch_row(run_bench(options))
+    assert trained == [TINY_TRAINING["lr"]] and not first["training_reused"]
+    again = run_bench(options)
+    row = in_batch_row(again)
+    assert trained == [TINY_TRAINING["lr"]] and row["training_reused"] and again["training"]["in-batch"]["reused"]
+    assert row["cost"]["train_seconds"] == 12.5 and row["metrics"] == first["metrics"]
+    md = (options.out / "bench_recall.md").read_text()
+    assert " †" in md.split("| in-batch |")[1].split("\n")[0] and "†: training reused" in md
+    # The same recipe on other data bytes trains again; so does another learning rate, and --retrain.
+    train.write_text(train.read_text() + "\n")
+    run_bench(options)
+    assert len(trained) == 2
+    run_bench(dataclasses.replace(options, recipes=('in-batch:{"hard_negatives": "none", "lr": 0.002}',)))
+    assert trained[2:] == [0.002]
+    assert not in_batch_row(run_bench(dataclasses.replace(options, retrain=True)))["training_reused"]
+    assert len(trained) == 4
 
 
 def test_beir_single_split_is_cut_by_seed_without_overlap(beir_folder: Path, tmp_path: Path) -> None:
@@ -219,7 +268,7 @@ def test_dpr_bench_recall_command(tiny_base: Path, small_nq: tuple[Path, Path], 
 
 def test_bench_options_refuse_unknown_rows_and_epochs() -> None:
     with pytest.raises(ValueError, match="unknown row.s. colbert; known rows: zero-shot, in-batch, in-batch.hard, "
-                                         "unsupervised, unsupervised.supervised"):
+                                         "default, distill, unsupervised, unsupervised.supervised"):
         BenchOptions(rows=("zero-shot", "colbert"))
     with pytest.raises(ValueError, match="--rows: no row given"):
         BenchOptions(rows=())
@@ -228,7 +277,7 @@ def test_bench_options_refuse_unknown_rows_and_epochs() -> None:
     with pytest.raises(ValueError, match="--compare-to: unknown row.s. colbert"):
         BenchOptions(baselines=("colbert",))
     assert BenchOptions(rows=("in-batch",)).rows == ("in-batch",)
-    assert BenchOptions().rows == ("zero-shot", "in-batch", "in-batch+hard")
+    assert BenchOptions().rows == ("zero-shot", "in-batch", "default")
 
 
 def test_recipe_flag_parsing() -> None:
@@ -236,7 +285,7 @@ def test_recipe_flag_parsing() -> None:
     assert parse_recipe(window) == ("window", {"negative_ranks": "10:100", "num_hard_negatives": 4})
     # A new recipe joins the default rows; one naming a field TrainConfig lacks is fine until it runs.
     options = BenchOptions(recipes=(window, 'in-batch:{"hard_negatives": "none", "lr": 1e-4}'))
-    assert options.rows == ("zero-shot", "in-batch", "in-batch+hard", "window")
+    assert options.rows == ("zero-shot", "in-batch", "default", "window")
     assert options.registry["in-batch"] == {"hard_negatives": "none", "lr": 1e-4} and "window" not in RECIPES
     assert BenchOptions(recipes=(window,), rows=("zero-shot",)).rows == ("zero-shot",)
 

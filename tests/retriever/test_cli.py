@@ -54,7 +54,7 @@ def test_dpr_train_with_bm25_negatives(tiny_base: Path, small_nq: tuple[Path, Pa
     out = tmp_path / "model"
     assert main(["train", "--train", str(train_file), "--val", str(val_file), "--kb", str(train_file), "--kb",
                  str(val_file), "--model", str(tiny_base), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-                 "--hard-negatives", "bm25", "--remine-every", "1", *TINY]) == 0
+                 "--hard-negatives", "bm25", "--num-hard-negatives", "1", "--remine-every", "1", *TINY]) == 0
     log = json.loads((out / TRAIN_LOG_FILE).read_text())
     negatives = log["epochs"][1]["negatives"]
     assert negatives.pop("digest") and negatives == {"source": "bm25", "per_question": 1, "mined_before_epoch": 1}

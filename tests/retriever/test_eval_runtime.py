@@ -65,12 +65,12 @@ def test_onnx_int8_validates_and_mining_reuses_its_vectors(
 
 
 def test_eval_runtime_flag_choices_and_missing_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert set(EVAL_RUNTIMES) == set(RUNTIME_OF)
+    assert set(EVAL_RUNTIMES) == set(RUNTIME_OF) | {"auto"}
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, TrainConfig)
     args = parser.parse_args(["--train", "t", "--val", "v", "--out", "o", "--eval-runtime", "onnx-int8"])
     assert dataclass_from_args(TrainConfig, args).eval_runtime == "onnx-int8"
-    assert TrainConfig(train="t", val="v", out="o").eval_runtime == "torch"
+    assert TrainConfig(train="t", val="v", out="o").eval_runtime == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["--eval-runtime", "tensorrt"])
     with pytest.raises(ValueError, match="eval_runtime must be one of"):
@@ -79,4 +79,21 @@ def test_eval_runtime_flag_choices_and_missing_onnxruntime(monkeypatch: pytest.M
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     with pytest.raises(ValueError, match="needs the onnxruntime package"):
         TrainConfig(train="t", val="v", out="o", eval_runtime="onnx")
-    TrainConfig(train="t", val="v", out="o")                       # torch needs no onnxruntime
+    TrainConfig(train="t", val="v", out="o")              # auto (the default) falls back to torch
+
+
+def test_auto_eval_runtime_is_int8_only_on_a_cpu_with_a_large_validation_kb(monkeypatch) -> None:
+    import importlib.util
+
+    from retriever.train_config import AUTO_INT8_MIN_PASSAGES, TrainConfig
+    from retriever.validation import resolve_eval_runtime
+
+    assert TrainConfig.__dataclass_fields__["eval_runtime"].default == "auto"
+    assert resolve_eval_runtime("auto", "cpu", AUTO_INT8_MIN_PASSAGES) == "onnx-int8"
+    assert resolve_eval_runtime("auto", "cpu", AUTO_INT8_MIN_PASSAGES - 1) == "torch"
+    assert resolve_eval_runtime("auto", "cuda", 10 * AUTO_INT8_MIN_PASSAGES) == "torch"
+    for given in ("torch", "onnx", "onnx-int8"):
+        assert resolve_eval_runtime(given, "cpu", 10) == given
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert resolve_eval_runtime("auto", "cpu", 10 * AUTO_INT8_MIN_PASSAGES) == "torch"

@@ -39,6 +39,8 @@ def test_one_epoch_writes_checkpoint_log_and_config_and_is_reproducible(
     assert TrainConfig.load(out) == config
     log = json.loads((out / TRAIN_LOG_FILE).read_text())
     assert log["finished"] and [row["epoch"] for row in log["epochs"]] == [0, 1]
+    # The default --eval-runtime auto validates a knowledge base this small on torch.
+    assert config.eval_runtime == "auto" and {row["eval_runtime"] for row in log["epochs"]} == {"torch"}
     assert {"recall@1", "recall@5", "recall@20"} <= log["epochs"][1]["metrics"].keys()
     assert log["epochs"][1]["negatives"]["source"] == "model" and len(log["steps"]) == log["epochs"][1]["steps"] >= 3
     assert isinstance(load_encoder(out), DualEncoder)
