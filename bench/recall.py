@@ -211,8 +211,9 @@ def _training_key(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps({"config": config.to_dict(), "data_sha256": hash_paths(files)}))
 
 
-def finished_training(config: Any) -> dict[str, Any] | None:
-    """The record of a training already done into ``config.out`` with this config and data, else None."""
+def finished_training(config: Any, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a training already done into ``config.out`` with this config and data (``key``,
+    from :func:`_training_key`), else None."""
     path = Path(config.out) / ROW_RECORD
     if not path.is_file() or not (Path(config.out) / "train_log.json").is_file():
         return None
@@ -221,7 +222,6 @@ def finished_training(config: Any) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         logger.warning("%s: unreadable (%s): training again", path, e)
         return None
-    key = _training_key(config)
     differs = sorted(k for k in ("config", "data_sha256") if record.get(k) != key[k])
     if differs:
         fields = sorted(f for f in set(key["config"]) | set(record.get("config") or {})
@@ -235,7 +235,8 @@ def finished_training(config: Any) -> dict[str, Any] | None:
 def _train(config: Any, name: str, progress: bool, retrain: bool) -> dict[str, Any]:
     """Train one row in its own process, or reuse its finished training; ``{"best_epoch", "log",
     "seconds", "peak_rss_mb", "process_seconds"}`` (+ ``"reused": True``)."""
-    earlier = None if retrain else finished_training(config)
+    key = _training_key(config)   # hashes the data files once, before training and for its record
+    earlier = None if retrain else finished_training(config, key)
     if earlier is not None:
         logger.info("row %s: reusing the finished training in %s (same config and data; --retrain to train "
                     "again)", name, config.out)
@@ -244,7 +245,7 @@ def _train(config: Any, name: str, progress: bool, retrain: bool) -> dict[str, A
                 config.model)
     t0 = time.perf_counter()
     trained = {**train_in_subprocess(config, progress), "process_seconds": round(time.perf_counter() - t0, 3)}
-    write_json(Path(config.out) / ROW_RECORD, {**_training_key(config), "trained": trained})
+    write_json(Path(config.out) / ROW_RECORD, {**key, "trained": trained})
     return trained
 
 

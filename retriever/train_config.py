@@ -43,6 +43,11 @@ EVAL_RUNTIMES: tuple[str, ...] = get_args(EvalRuntime)
 AUTO_INT8_MIN_PASSAGES = 2000
 
 
+def missing_onnx_packages() -> list[str]:
+    """The packages an ONNX Runtime validation needs and this environment lacks."""
+    return [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+
+
 def parse_rank_window(text: str) -> tuple[int, int]:
     """``"START:END"`` as ``(start, end)``: 0-based ranks ``start .. end - 1`` (END exclusive, START < END)."""
     found = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
@@ -237,7 +242,7 @@ class TrainConfig:
         if self.negative_ranks is not None:
             parse_rank_window(self.negative_ranks)
         if self.eval_runtime not in ("torch", "auto"):   # auto falls back to torch without them
-            missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+            missing = missing_onnx_packages()
             if missing:
                 raise ValueError(f"eval_runtime {self.eval_runtime!r} needs the {' and '.join(missing)} "
                                  "package(s) (pip install -e .), or --eval-runtime torch")

@@ -82,15 +82,13 @@ def resolve_eval_runtime(eval_runtime: str, device_type: str, passages: int) -> 
     """``--eval-runtime auto`` made concrete: onnx-int8 for a CPU run validating on at least
     :data:`~retriever.train_config.AUTO_INT8_MIN_PASSAGES` passages (when ONNX Runtime is installed),
     else torch. Any other value is returned as given."""
-    import importlib.util
-
-    from retriever.train_config import AUTO_INT8_MIN_PASSAGES
+    from retriever.train_config import AUTO_INT8_MIN_PASSAGES, missing_onnx_packages
 
     if eval_runtime != "auto":
         return eval_runtime
     if device_type != "cpu" or passages < AUTO_INT8_MIN_PASSAGES:
         return "torch"
-    if any(importlib.util.find_spec(m) is None for m in ("onnxruntime", "onnx")):
+    if missing_onnx_packages():
         logger.info("--eval-runtime auto: onnxruntime/onnx not installed, validating on torch")
         return "torch"
     return "onnx-int8"
