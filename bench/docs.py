@@ -6,7 +6,7 @@ benchmark JSON in ``docs/results/`` so a figure in the docs can never drift from
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each one
 ends with the command and the date of the run it shows. To publish a new run, copy its JSON to
-``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``) and run this.
+``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``, ``train-step.json``) and run this.
 """
 from __future__ import annotations
 
@@ -298,6 +298,18 @@ def speed_details(report: dict[str, Any] | None) -> str:
     return markdown(report).replace("## dpr bench speed", "### Full report of the run", 1)
 
 
+def train_step_block(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return ""
+    from bench.train_step import step_table
+
+    o = report["options"]
+    head = (f"{report['texts_per_step']} texts a step ({o['batch_size']} questions of `{o['data']}`, each with its "
+            f"positive and {o['hard_negatives']} other passages), {report['torch_threads']} torch threads, "
+            f"median of {o['rounds']} interleaved rounds:")
+    return head + "\n\n" + step_table(report) + "\n\n" + _run_line(report, "dpr bench train-step") + "\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "settings": settings_table,
     "recall": lambda: recall_summary(_load("recall"), "questions", "recall@5",
@@ -314,6 +326,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "latency-full": lambda: latency_full(_load("latency")),
     "speed-details": lambda: speed_details(_load("speed")),
     "live": lambda: live_block(_load("live")),
+    "train-step": lambda: train_step_block(_load("train-step")),
     "live-details": lambda: live_details(_load("live")),
 }
 

@@ -44,6 +44,15 @@ from bench.recall_report import (
     table_notes,
     train_in_subprocess,
 )
+from bench.reuse import (
+    VECTORS_DIR,
+    cached_vectors,
+    finished_training,
+    record_training,
+    store_vectors,
+    training_key,
+    vectors_key,
+)
 from common.data import Passage
 from common.files import atomic_write_text, write_json
 from common.flags import add_dataclass_arguments, dataclass_from_args, opt
@@ -68,7 +77,9 @@ class BenchOptions:
                     "split as --train is split 70/10/20 train/dev/test by --seed", metavar="PATH")
     out: Path = opt(Path("runs/bench-recall"), "output directory", metavar="DIR")
     model: str = opt("minilm", "base encoder")
-    epochs: int = opt(2, "training epochs per trained row")
+    # None: TrainConfig's own default, so the "default" row trains exactly as `dpr train` does.
+    epochs: int | None = opt(None, "training epochs per trained row, unless its recipe says (none: dpr train's "
+                             "default)")
     seed: int = opt(42, "training, split and bootstrap seed")
     train_split: str = opt("train", "BEIR qrels split to train on")
     val_split: str = opt("test", "BEIR qrels split to evaluate on")
@@ -96,7 +107,7 @@ class BenchOptions:
     train_overrides: Mapping[str, Any] = opt(default_factory=dict, cli=False)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"cut-offs must be positive, got {list(self.ks)}")
@@ -122,18 +133,30 @@ class BenchOptions:
 
 
 def _encode_and_search(encoder: Any, kb: Sequence[Passage], query_sets: Sequence[Mapping[str, str]], k: int,
-                       batch_size: int, progress: bool) -> list[Retrieval]:
-    """Encode the knowledge base once and rank it for each query set."""
+                       batch_size: int, progress: bool, cache: Path | None = None) -> list[Retrieval]:
+    """Encode the knowledge base once (or take its vectors from ``cache``, :mod:`bench.reuse`) and rank
+    it for each query set."""
     start = time.perf_counter()
-    p_emb = encoder.encode_passages(kb, batch_size=batch_size, progress=progress)
-    encode_s = time.perf_counter() - start
+    key = vectors_key(encoder, kb) if cache is not None else None
+    hit = cached_vectors(cache, key) if cache is not None else None
+    if hit is not None:
+        p_emb, earlier = hit
+        logger.info("%s: reusing the passage vectors of the same model and passages", cache)
+        timings = {**earlier, "vectors_reused": True}
+    else:
+        p_emb = encoder.encode_passages(kb, batch_size=batch_size, progress=progress)
+        encode_s = time.perf_counter() - start
+        timings = {"encode_passages_s": round(encode_s, 3), "passages_per_s": round(len(kb) / encode_s, 1)}
+        if cache is not None:
+            store_vectors(cache, key, p_emb, timings)
+    vectors_s = time.perf_counter() - start
     out = []
     for queries in query_sets:
         t0 = time.perf_counter()
         q_emb = encoder.encode_queries(list(queries.values()), batch_size=batch_size, progress=progress)
         retrieval = _from_rows(list(queries), *exact_search(q_emb, p_emb, k), kb)
-        retrieval.seconds = encode_s + time.perf_counter() - t0
-        retrieval.timings = {"encode_passages_s": round(encode_s, 3), "passages_per_s": round(len(kb) / encode_s, 1)}
+        retrieval.seconds = vectors_s + time.perf_counter() - t0
+        retrieval.timings = dict(timings)
         out.append(retrieval)
     return out
 
@@ -150,7 +173,8 @@ def row_config(options: BenchOptions, data: BenchData, name: str, recipe: Mappin
     the recipe. Here a recipe's fields meet TrainConfig: one it lacks is refused, naming the row."""
     from retriever.train_config import ENCODER_FIELDS, TrainConfig
 
-    values: dict[str, Any] = {"model": options.model, "epochs": options.epochs, "seed": options.seed,
+    values: dict[str, Any] = {"model": options.model, "seed": options.seed,
+                              **({} if options.epochs is None else {"epochs": options.epochs}),
                               **options.train_overrides}
     overrides = {k: v for k, v in recipe.items() if k not in ("zero_shot", "start_from")}
     parent = recipe.get("start_from")
@@ -201,41 +225,10 @@ def _write_kb(kb: Sequence[Passage], path: Path) -> Path:
     return path
 
 
-ROW_RECORD = "bench_row.json"
-
-
-def _training_key(config: Any) -> dict[str, Any]:
-    """What a finished training must match to stand in for a new one: its config and its data's bytes."""
-    files = [Path(p) for p in (config.train, config.val, *config.kb) if p]
-    # Through JSON, as the record is read back: tuples become lists.
-    return json.loads(json.dumps({"config": config.to_dict(), "data_sha256": hash_paths(files)}))
-
-
-def finished_training(config: Any, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The record of a training already done into ``config.out`` with this config and data (``key``,
-    from :func:`_training_key`), else None."""
-    path = Path(config.out) / ROW_RECORD
-    if not path.is_file() or not (Path(config.out) / "train_log.json").is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        logger.warning("%s: unreadable (%s): training again", path, e)
-        return None
-    differs = sorted(k for k in ("config", "data_sha256") if record.get(k) != key[k])
-    if differs:
-        fields = sorted(f for f in set(key["config"]) | set(record.get("config") or {})
-                        if (record.get("config") or {}).get(f) != key["config"].get(f))
-        logger.info("%s: an earlier training with a different %s (%s): training again", config.out,
-                    " and ".join(differs), ", ".join(fields) or "same fields")
-        return None
-    return record["trained"]
-
-
 def _train(config: Any, name: str, progress: bool, retrain: bool) -> dict[str, Any]:
     """Train one row in its own process, or reuse its finished training; ``{"best_epoch", "log",
     "seconds", "peak_rss_mb", "process_seconds"}`` (+ ``"reused": True``)."""
-    key = _training_key(config)   # hashes the data files once, before training and for its record
+    key = training_key(config)   # hashes the data files once, before training and for its record
     earlier = None if retrain else finished_training(config, key)
     if earlier is not None:
         logger.info("row %s: reusing the finished training in %s (same config and data; --retrain to train "
@@ -245,7 +238,7 @@ def _train(config: Any, name: str, progress: bool, retrain: bool) -> dict[str, A
                 config.model)
     t0 = time.perf_counter()
     trained = {**train_in_subprocess(config, progress), "process_seconds": round(time.perf_counter() - t0, 3)}
-    write_json(Path(config.out) / ROW_RECORD, {**key, "trained": trained})
+    record_training(config, key, trained)
     return trained
 
 
@@ -321,14 +314,17 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
         with measured() as m:
             encoder = load_encoder(refs[name], **encoder_options.get(name, {}))
             same_kb = data.tune_kb is data.kb
+            vectors = options.out / VECTORS_DIR / name
             found = _encode_and_search(encoder, data.kb, [test.queries] + ([tune.queries] if same_kb else []),
-                                       depth, options.batch_size, options.progress)
+                                       depth, options.batch_size, options.progress, vectors / "kb")
             runs[name] = found[0]
             train_runs[name] = found[1] if same_kb else _encode_and_search(
-                encoder, data.tune_kb, [tune.queries], depth, options.batch_size, options.progress)[0]
+                encoder, data.tune_kb, [tune.queries], depth, options.batch_size, options.progress,
+                vectors / "tune-kb")[0]
             del encoder
             scores = _score(test.qrels, runs[name], options.ks, options, answers)
-        cost = _cost(m, trained)
+        cost = {**_cost(m, trained), "eval_vectors_reused": bool(runs[name].timings.get("vectors_reused")),
+                "eval_encode_passages_s": runs[name].timings.get("encode_passages_s")}
         rows.append({"name": name, "kind": "dense", "model": model_ref(refs[name]), "recipe": recipe,
                      "starts_from": recipe.get("start_from"), "unsupervised": bool(recipe.get("unsupervised")),
                      "seconds": round((cost["train_seconds"] or 0) + cost["eval_seconds"], 1), "cost": cost,
@@ -376,7 +372,8 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
         "environment": library_versions(), "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_json(options.out / "bench_recall.json", report)
-    notes = table_notes(paired["baselines"], any(r.get("training_reused") for r in rows))
+    notes = table_notes(paired["baselines"], any(r.get("training_reused") for r in rows),
+                        any((r.get("cost") or {}).get("eval_vectors_reused") for r in rows))
     (options.out / "bench_recall.md").write_text(f"{table}\n\n{notes}\n", encoding="utf-8")
     return report
 

@@ -17,12 +17,15 @@ Peak RSS, measured so that one row's figure is not another's:
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eval.compare import RANDOMIZATION_RESAMPLES, format_p, paired_stats
@@ -81,9 +84,52 @@ def measured() -> Iterator[Measured]:
         m.peak_rss_mb = _peak_rss_mb()
 
 
-def _train_child(config: Any, progress: bool, log_level: int) -> dict[str, Any]:
+# How often a training process checks that the benchmark which started it is still there.
+PARENT_CHECK_SECONDS = 5.0
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (killed, waiting to be reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True                      # no /proc (not Linux): existence is all we can tell
+    return state != "Z"
+
+
+def watch_parent(pid: int, on_gone: Any = None, every_s: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+    """Call ``on_gone()`` (default: exit at once) from a daemon thread when process ``pid`` is gone.
+
+    A row trains in a process of its own, a child of multiprocessing's fork server rather than of the
+    benchmark, so killing the benchmark does not stop it: left alone it would train on for hours and
+    replace the row's model directory under whatever runs next. Writes are atomic, so exiting
+    mid-step leaves the last complete checkpoint (and the resume state) as they were.
+    """
+    def gone() -> None:
+        logger.error("the benchmark (pid %d) is gone: stopping this row's training", pid)
+        os._exit(1)
+
+    def watch() -> None:
+        while process_alive(pid):
+            time.sleep(every_s)
+        (on_gone or gone)()
+
+    thread = threading.Thread(target=watch, name=f"watch-parent-{pid}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _train_child(config: Any, progress: bool, log_level: int, parent_pid: int | None = None) -> dict[str, Any]:
     """In the training process: train, then report the log, the time and this process's peak RSS."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     start = time.perf_counter()
     from retriever.train import train
 
@@ -110,7 +156,7 @@ def train_in_subprocess(config: Any, progress: bool) -> dict[str, Any]:
     from concurrent.futures.process import BrokenProcessPool
 
     with ProcessPoolExecutor(max_workers=1, mp_context=_context()) as pool:
-        future = pool.submit(_train_child, config, progress, logging.getLogger().getEffectiveLevel())
+        future = pool.submit(_train_child, config, progress, logging.getLogger().getEffectiveLevel(), os.getpid())
         try:
             return future.result()
         except BrokenProcessPool as e:
@@ -177,19 +223,23 @@ def bench_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], baselin
         cells += [_delta((row.get("vs") or {}).get(b, {}).get(DELTA_METRIC)) for b in baselines]
         reused = " †" if row.get("training_reused") else ""
         cells += [_cost(cost.get("train_seconds"), cost.get("train_peak_rss_mb")) + reused,
-                  _cost(cost.get("eval_seconds"), cost.get("eval_peak_rss_mb"))]
+                  _cost(cost.get("eval_seconds"), cost.get("eval_peak_rss_mb"))
+                  + (" ‡" if cost.get("eval_vectors_reused") else "")]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def table_notes(baselines: Sequence[str], reused: bool = False) -> str:
+def table_notes(baselines: Sequence[str], reused: bool = False, vectors_reused: bool = False) -> str:
     vs = (f"Δ: {_label(DELTA_METRIC)} of the row minus that of the baseline, in points, paired on the same "
           f"queries, p from a randomisation test (two-sided), **bold** when p < 0.05 (every Recall@k and MRR "
           f"with 95% intervals: bench_recall.json, rows[].vs); " if baselines else "")
     return (f"values in %, 95% bootstrap CI over queries; {vs}train: inside the row's own training process; "
             "peak RSS in MB (eval: the benchmark process during the row)"
             + ("; †: training reused from an earlier run of the same recipe on the same data, with the cost "
-               "that run recorded" if reused else ""))
+               "that run recorded" if reused else "")
+            + ("; ‡: passage vectors reused from an earlier run of the same model on the same passages (the "
+               "time encoding them took then: bench_recall.json, rows[].cost.eval_encode_passages_s)"
+               if vectors_reused else ""))
 
 
 def print_report(report: Mapping[str, Any]) -> None:
@@ -199,7 +249,8 @@ def print_report(report: Mapping[str, Any]) -> None:
     print()
     print(report["table"])
     chosen = report["fusion"]["chosen"]
-    notes = table_notes(report["paired"]["baselines"], any(r.get("training_reused") for r in report["rows"]))
+    notes = table_notes(report["paired"]["baselines"], any(r.get("training_reused") for r in report["rows"]),
+                        any((r.get("cost") or {}).get("eval_vectors_reused") for r in report["rows"]))
     print(f"\n{notes}\nhybrid fusion {chosen['method']}"
           f"{'' if chosen['alpha_dense'] is None else ' alpha_dense=' + format(chosen['alpha_dense'], '.2f')}"
           f" chosen on the {report['fusion']['n_queries']} training questions; "

@@ -25,6 +25,8 @@ BENCHES = {
     "live": ("bench.live", "documents written while serving: upsert throughput, search with a live segment (a tenth of "
                            "the KB) vs compacted, filtered vs unfiltered search, memory per live passage"),
     "latency": ("bench.latency", "sequential HTTP latency of `dpr serve` on an index, split by Server-Timing"),
+    "train-step": ("bench.train_step", "one training step's time and peak RSS by attention dropout and gradient "
+                                       "caching, settings interleaved"),
     "json": ("bench.json_encoding", "response serialisation of a k=100 answer: FastAPI's default vs orjson"),
 }
 

@@ -127,7 +127,31 @@ def _dedup(passages: Sequence[Passage]) -> list[Passage]:
 
 def build_model(config: TrainConfig) -> DualEncoder:
     """Continue from a saved dual encoder (it keeps its own options) or start from a base checkpoint."""
-    return load_encoder(config.model, **config.encoder_overrides())
+    model = load_encoder(config.model, **config.encoder_overrides())
+    if config.attention_dropout is not None:
+        set_attention_dropout(model, config.attention_dropout)
+    return model
+
+
+def set_attention_dropout(model: nn.Module, p: float) -> int:
+    """Set the dropout on attention probabilities of every tower to ``p``; returns the layers changed.
+
+    BERT-family self-attention modules (``BertSelfAttention``, ``DistilBertSelfAttention``, ...) hold
+    that dropout as ``.dropout`` and read its ``p`` at each forward. The saved ``config.json`` keeps the
+    checkpoint's own rate: this is a training setting (``train_config.json`` records it), and
+    inference never drops out.
+    """
+    changed = 0
+    for module in model.modules():
+        dropout = getattr(module, "dropout", None)
+        if type(module).__name__.endswith("SelfAttention") and isinstance(dropout, nn.Dropout):
+            dropout.p = p
+            changed += 1
+    if not changed:
+        raise ValueError(f"--attention-dropout: found no self-attention dropout in {type(model).__name__}'s towers "
+                         "(a BERT-family encoder has one per layer)")
+    logger.info("attention dropout %.2f in %d self-attention layers", p, changed)
+    return changed
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

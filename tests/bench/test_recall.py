@@ -324,3 +324,92 @@ def test_start_from_orders_rows_and_must_be_selected() -> None:
         plan_rows(["ghost"], registry)
     with pytest.raises(ValueError, match="not selected"):
         BenchOptions(rows=("unsupervised+supervised",))
+
+
+def test_passage_vectors_are_reused_for_the_same_model_and_passages_only(
+        tiny_base: Path, small_nq: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun takes a row's knowledge-base vectors from OUT/vectors when the model's weights and the
+    passages are the same, with the same results; other weights, other passages or a damaged file
+    encode again."""
+    import numpy as np
+
+    import bench.recall as bench
+    from bench.reuse import VECTORS_FILE, VECTORS_KEY
+    from retriever.encoder import DualEncoder
+
+    encoded: list[int] = []
+    real = DualEncoder.encode_passages
+
+    def counting(self, passages, *args, **kwargs):
+        encoded.append(len(passages))
+        return real(self, passages, *args, **kwargs)
+
+    monkeypatch.setattr(DualEncoder, "encode_passages", counting)
+    options = BenchOptions(train=small_nq[0], val=small_nq[1], out=tmp_path / "bench", model=str(tiny_base),
+                           n_resamples=20, progress=False, rows=("zero-shot",))
+
+    def row(report: dict) -> dict:
+        return next(r for r in report["rows"] if r["name"] == "zero-shot")
+
+    first = row(run_bench(options))
+    n_first = len(encoded)
+    assert n_first >= 1 and not first["cost"]["eval_vectors_reused"]
+    again = row(run_bench(options))
+    assert len(encoded) == n_first and again["cost"]["eval_vectors_reused"]
+    assert again["metrics"] == first["metrics"] and again["per_query"] == first["per_query"]
+    assert again["cost"]["eval_encode_passages_s"] == first["cost"]["eval_encode_passages_s"]
+    md = (options.out / "bench_recall.md").read_text()
+    assert " ‡" in md.split("| zero-shot |")[1].split("\n")[0] and "‡: passage vectors reused" in md
+    # Another model (one weight changed) encodes again.
+    folder = options.out / bench.VECTORS_DIR / "zero-shot" / "kb"
+    key = json.loads((folder / VECTORS_KEY).read_text())
+    key["key"]["model"]["weights_sha256"] = "0" * 64
+    (folder / VECTORS_KEY).write_text(json.dumps(key))
+    assert not row(run_bench(options))["cost"]["eval_vectors_reused"] and len(encoded) > n_first
+    # Vectors of the wrong shape are never used.
+    n = len(encoded)
+    np.save(folder / VECTORS_FILE, np.zeros((3, 4), dtype=np.float32))
+    assert not row(run_bench(options))["cost"]["eval_vectors_reused"] and len(encoded) > n
+    # Other passages (one more distractor) encode again too.
+    n = len(encoded)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"id": "x1", "title": "Extra", "text": "an extra distractor passage"}) + "\n")
+    report = run_bench(dataclasses.replace(options, extra_passages=(extra,)))
+    assert not row(report)["cost"]["eval_vectors_reused"] and len(encoded) > n
+
+
+def test_a_row_trains_for_dpr_trains_epochs_unless_the_run_or_its_recipe_says(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from bench.recall import row_config
+    from retriever.train_config import TrainConfig
+
+    data = SimpleNamespace(train_path="t.json", val_path="v.json", train_split="train", val_split=None)
+    default = TrainConfig(train="t", val="v", out="o").epochs
+
+    def epochs(recipe: dict, **options) -> int:
+        bench = BenchOptions(out=tmp_path, progress=False, **options)
+        return row_config(bench, data, "row", recipe, {}, None).epochs
+
+    assert epochs({}) == default                       # the "default" row is what `dpr train` does
+    assert epochs({}, epochs=default + 2) == default + 2
+    assert epochs({"epochs": default + 1}, epochs=default + 2) == default + 1
+
+
+def test_a_rows_training_process_stops_when_the_benchmark_is_gone() -> None:
+    """The training child watches the benchmark's pid: alive, nothing happens; killed (a zombie not
+    yet reaped counts as gone) or reaped, the watcher fires."""
+    import subprocess
+    import sys
+    import threading
+
+    from bench.recall_report import process_alive, watch_parent
+
+    bench = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = threading.Event()
+    watch_parent(bench.pid, gone.set, every_s=0.05)
+    assert process_alive(bench.pid) and not gone.wait(0.5)
+    bench.kill()
+    assert gone.wait(10)
+    bench.wait()
+    assert not process_alive(bench.pid)

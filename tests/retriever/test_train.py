@@ -274,3 +274,37 @@ def test_new_loss_and_negative_settings_are_validated(tmp_path: Path) -> None:
     defaults = TrainConfig(**base)
     assert (defaults.negative_ranks, defaults.negative_margin, defaults.symmetric, defaults.distill_weight) == (
         None, 0.0, False, 0.0)
+
+
+def test_attention_dropout_reaches_every_layer_only_while_training(tiny_base: Path, small_nq: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    from retriever.train_setup import build_model, set_attention_dropout
+
+    def rates(model: DualEncoder) -> list[float]:
+        return [m.dropout.p for m in model.modules() if type(m).__name__.endswith("SelfAttention")]
+
+    assert rates(build_model(_config(tiny_base, small_nq, tmp_path / "a"))) == [0.1, 0.1]   # the checkpoint's
+    model = build_model(_config(tiny_base, small_nq, tmp_path / "b", attention_dropout=0.0))
+    assert rates(model) == [0.0, 0.0]
+    # Hidden-state dropout is left alone.
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0, 0.1}
+    # The rate set is the one the forward pass uses: with hidden dropout off, two training forwards
+    # differ at the checkpoint's attention dropout and agree at 0.
+    tokens = model.tokenize_queries(["who wrote hamlet", "where does the river flow"])
+    for attention, same in ((None, False), (0.0, True)):
+        model = build_model(_config(tiny_base, small_nq, tmp_path / "d", attention_dropout=attention))
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.Dropout) and not name.endswith("attention.dropout"):
+                m.p = 0.0
+        model.train()
+        assert torch.equal(model.embed_queries(tokens), model.embed_queries(tokens)) is same
+    # Training with it records it, and the saved model keeps the checkpoint's own rate for later runs.
+    train(_config(tiny_base, small_nq, tmp_path / "c", attention_dropout=0.0, hard_negatives="none"), progress=False)
+    assert json.loads((tmp_path / "c" / TRAIN_CONFIG_FILE).read_text())["attention_dropout"] == 0.0
+    assert AutoConfig.from_pretrained(tmp_path / "c").attention_dropout == 0.1
+    with pytest.raises(ValueError, match="attention_dropout"):
+        TrainConfig(train="t", val="v", out="o", attention_dropout=1.0)
+    with pytest.raises(ValueError, match="no self-attention dropout"):
+        set_attention_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)), 0.0)
