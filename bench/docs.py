@@ -307,7 +307,9 @@ def train_step_block(report: dict[str, Any] | None) -> str:
     head = (f"{report['texts_per_step']} texts a step ({o['batch_size']} questions of `{o['data']}`, each with its "
             f"positive and {o['hard_negatives']} other passages), {report['torch_threads']} torch threads, "
             f"median of {o['rounds']} interleaved rounds:")
-    return head + "\n\n" + step_table(report) + "\n\n" + _run_line(report, "dpr bench train-step") + "\n"
+    note = f"\n\n{report['peak_rss_note']}" if report.get("peak_rss_note") else ""
+    return (head + "\n\n" + step_table(report) + note + "\n\n" + _run_line(report, "dpr bench train-step")
+            + "\n")
 
 
 BLOCKS: dict[str, Callable[[], str]] = {

@@ -50,7 +50,15 @@ COST_NOTES = {
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak RSS (``ru_maxrss``: KiB on Linux, bytes on macOS) in MiB."""
+    """This process's peak RSS in MiB: Linux's ``VmHWM``, which :func:`_reset_peak_rss` resets, else
+    ``ru_maxrss`` (KiB on Linux, bytes on macOS), which nothing resets: it also keeps the peak of
+    threads that have exited, so after a reset it can still report an earlier block's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 

@@ -145,8 +145,8 @@ def step_table(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         rate = f"{row['attention_dropout']:g}" + (" (checkpoint's)" if row["checkpoint_rate"] else "")
         cache = f"chunks of {row['grad_cache_chunk']}" if row["grad_cache_chunk"] else "off"
-        lines.append(f"| {rate} | {cache} | {row['median_s']:.1f} s | {row['ratio_to_first']:.2f}x | "
-                     f"{row['peak_rss_mb'] / 1024:.1f} GB |")
+        rss = "-" if row.get("peak_rss_mb") is None else f"{row['peak_rss_mb'] / 1024:.1f} GB"
+        lines.append(f"| {rate} | {cache} | {row['median_s']:.1f} s | {row['ratio_to_first']:.2f}x | {rss} |")
     return "\n".join(lines)
 
 

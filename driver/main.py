@@ -75,4 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # `python -m driver.main ...` is `dpr ...`: reports that record their command line say so.
+    sys.argv[0] = "dpr"
     sys.exit(main())

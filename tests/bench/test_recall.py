@@ -413,3 +413,21 @@ def test_a_rows_training_process_stops_when_the_benchmark_is_gone() -> None:
     assert gone.wait(10)
     bench.wait()
     assert not process_alive(bench.pid)
+
+
+def test_peak_rss_is_per_block_after_a_bigger_one() -> None:
+    """Each measured block reports its own peak, not the process's so far (ru_maxrss would keep the
+    first block's 400 MB in the second)."""
+    import numpy as np
+
+    from bench.recall_report import measured
+
+    with measured() as big:
+        block = np.ones((50, 1000, 1000))                  # 400 MB, freed (unmapped) on del
+        del block
+    with measured() as small:
+        block = np.ones((5, 1000, 1000))
+        del block
+    if big.scope != "row":
+        pytest.skip("this kernel refuses /proc/self/clear_refs: peaks are per process here")
+    assert big.peak_rss_mb - small.peak_rss_mb > 250
