@@ -372,8 +372,7 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
         "environment": library_versions(), "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_json(options.out / "bench_recall.json", report)
-    notes = table_notes(paired["baselines"], any(r.get("training_reused") for r in rows),
-                        any((r.get("cost") or {}).get("eval_vectors_reused") for r in rows))
+    notes = table_notes(paired["baselines"], rows)
     (options.out / "bench_recall.md").write_text(f"{table}\n\n{notes}\n", encoding="utf-8")
     return report
 

@@ -237,7 +237,10 @@ def bench_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], baselin
     return "\n".join(lines)
 
 
-def table_notes(baselines: Sequence[str], reused: bool = False, vectors_reused: bool = False) -> str:
+def table_notes(baselines: Sequence[str], rows: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The notes under the table; the † and ‡ notes only when one of ``rows`` reused its training or vectors."""
+    reused = any(r.get("training_reused") for r in rows)
+    vectors_reused = any((r.get("cost") or {}).get("eval_vectors_reused") for r in rows)
     vs = (f"Δ: {_label(DELTA_METRIC)} of the row minus that of the baseline, in points, paired on the same "
           f"queries, p from a randomisation test (two-sided), **bold** when p < 0.05 (every Recall@k and MRR "
           f"with 95% intervals: bench_recall.json, rows[].vs); " if baselines else "")
@@ -257,8 +260,7 @@ def print_report(report: Mapping[str, Any]) -> None:
     print()
     print(report["table"])
     chosen = report["fusion"]["chosen"]
-    notes = table_notes(report["paired"]["baselines"], any(r.get("training_reused") for r in report["rows"]),
-                        any((r.get("cost") or {}).get("eval_vectors_reused") for r in report["rows"]))
+    notes = table_notes(report["paired"]["baselines"], report["rows"])
     print(f"\n{notes}\nhybrid fusion {chosen['method']}"
           f"{'' if chosen['alpha_dense'] is None else ' alpha_dense=' + format(chosen['alpha_dense'], '.2f')}"
           f" chosen on the {report['fusion']['n_queries']} training questions; "

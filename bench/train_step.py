@@ -96,14 +96,14 @@ def run_bench(options: StepBenchOptions, command: str | None = None) -> dict[str
 
     from eval.report import library_versions
     from retriever.encoder import load_encoder
-    from retriever.train_setup import build_optimizer, linear_schedule, set_attention_dropout
+    from retriever.train_setup import attention_dropouts, build_optimizer, linear_schedule, set_attention_dropout
     from retriever.train_step import train_step
 
     settings = [(a, c) for a in options.attention_dropout for c in options.grad_cache]
     batches = step_batches(options, 1 + options.rounds * len(settings))
     model = load_encoder(options.model)
     model.train()
-    own = [m.dropout.p for m in model.modules() if type(m).__name__.endswith("SelfAttention")]
+    own = [d.p for d in attention_dropouts(model)]
     optimizer = build_optimizer(model, 1e-5, 0.01)
     scheduler = linear_schedule(optimizer, 0, 1 << 30)
     device = torch.device("cpu")

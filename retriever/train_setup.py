@@ -133,20 +133,26 @@ def build_model(config: TrainConfig) -> DualEncoder:
     return model
 
 
+def attention_dropouts(model: nn.Module) -> list[nn.Dropout]:
+    """The dropout on attention probabilities of every BERT-family self-attention layer of ``model``.
+
+    ``BertSelfAttention``, ``DistilBertSelfAttention``, ... hold it as ``.dropout`` and read its ``p``
+    at each forward.
+    """
+    return [m.dropout for m in model.modules()
+            if type(m).__name__.endswith("SelfAttention") and isinstance(getattr(m, "dropout", None), nn.Dropout)]
+
+
 def set_attention_dropout(model: nn.Module, p: float) -> int:
     """Set the dropout on attention probabilities of every tower to ``p``; returns the layers changed.
 
-    BERT-family self-attention modules (``BertSelfAttention``, ``DistilBertSelfAttention``, ...) hold
-    that dropout as ``.dropout`` and read its ``p`` at each forward. The saved ``config.json`` keeps the
-    checkpoint's own rate: this is a training setting (``train_config.json`` records it), and
-    inference never drops out.
+    The saved ``config.json`` keeps the checkpoint's own rate: this is a training setting
+    (``train_config.json`` records it), and inference never drops out.
     """
-    changed = 0
-    for module in model.modules():
-        dropout = getattr(module, "dropout", None)
-        if type(module).__name__.endswith("SelfAttention") and isinstance(dropout, nn.Dropout):
-            dropout.p = p
-            changed += 1
+    layers = attention_dropouts(model)
+    for dropout in layers:
+        dropout.p = p
+    changed = len(layers)
     if not changed:
         raise ValueError(f"--attention-dropout: found no self-attention dropout in {type(model).__name__}'s towers "
                          "(a BERT-family encoder has one per layer)")

@@ -280,10 +280,10 @@ def test_attention_dropout_reaches_every_layer_only_while_training(tiny_base: Pa
                                                                   tmp_path: Path) -> None:
     from transformers import AutoConfig
 
-    from retriever.train_setup import build_model, set_attention_dropout
+    from retriever.train_setup import attention_dropouts, build_model, set_attention_dropout
 
     def rates(model: DualEncoder) -> list[float]:
-        return [m.dropout.p for m in model.modules() if type(m).__name__.endswith("SelfAttention")]
+        return [d.p for d in attention_dropouts(model)]
 
     assert rates(build_model(_config(tiny_base, small_nq, tmp_path / "a"))) == [0.1, 0.1]   # the checkpoint's
     model = build_model(_config(tiny_base, small_nq, tmp_path / "b", attention_dropout=0.0))
