@@ -6,7 +6,7 @@ benchmark JSON in ``docs/results/`` so a figure in the docs can never drift from
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each one
 ends with the command and the date of the run it shows. To publish a new run, copy its JSON to
-``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``, ``train-step.json``) and run this.
+``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``, ``train-step.json``, ``dev-sweep.json``) and run this.
 """
 from __future__ import annotations
 
@@ -35,9 +35,14 @@ def _load(name: str) -> dict[str, Any] | None:
 
 
 def _run_line(report: dict[str, Any], default_command: str) -> str:
+    from bench.speed import cpu_label
+
     command = report.get("command") or default_command
     when = str(report.get("created_at") or report.get("date") or report.get("started") or "")[:10]
-    return f"Command: `{command}`{f' (run {when})' if when else ''}; JSON: `docs/results/`."
+    machine = report.get("machine")
+    # Sessions run on different CPUs (speeds differ several-fold): a figure names the one it ran on.
+    where = f", {machine.get('cores')} cores of {cpu_label(machine)}" if machine else ""
+    return f"Command: `{command}`{f' (run {when}{where})' if when else ''}; JSON: `docs/results/`."
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -114,25 +119,36 @@ def peers_block(report: dict[str, Any] | None) -> str:
     p = report["peers"]
     lines = ["| same data and model | dpr | peer | peer's | dpr ahead |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in peer_rows(p)]
-    runtime = " ".join(report.get("options", {}).get("serve_args") or []) or "torch runtime"
+    runtime = " ".join(report.get("options", {}).get("serve_args") or []) or _serve_defaults()
     return ("\n".join(lines) + f"\n\nDense, k=10; dpr: {runtime}, query cache off. "
             + _run_line(report, "dpr bench speed --peers") + "\n")
 
 
+def _serve_defaults() -> str:
+    """`dpr serve`'s query encoder when no flag is given, as its settings say (one source of truth)."""
+    from server.settings import Settings
+
+    fields = Settings.model_fields
+    return f"serve defaults (--runtime {fields['runtime'].default} --quantize {fields['quantize'].default})"
+
+
 def recall_summary(report: dict[str, Any] | None, queries: str = "claims", metric: str = "ndcg@10",
-                   full: str = "docs/training.md#results-on-scifact") -> str:
+                   full: str = "docs/training.md#results-on-scifact", only: tuple[str, ...] | None = None) -> str:
     """The README's short form of a recall run: ``metric`` per row, its paired difference from the
-    zero-shot row, and what training it cost (the full table: ``full``)."""
+    zero-shot row, and what training it cost (the full table: ``full``). ``only``: the rows to show
+    (``"hybrid"`` stands for the hybrid row, whatever its dense row); None: all."""
     if report is None:
         return "No recall run published yet.\n"
-    from eval.compare import format_p
+    from eval.compare import p_clause
 
     label = metric.replace("ndcg@", "nDCG@").replace("recall@", "R@")
     lines = [f"| system | {label} (95% CI) | vs zero-shot, paired | training: time, peak RSS |", "|---|---|---|---|"]
-    for row in report["rows"]:
+    shown = [row for row in report["rows"]
+             if only is None or row["name"] in only or (row["kind"] == "hybrid" and "hybrid" in only)]
+    for row in shown:
         m = row["metrics"][metric]
         vs = (row.get("vs") or {}).get("zero-shot", {}).get(metric)
-        delta = "-" if vs is None else f"{100 * vs['diff']:+.1f} (p={format_p(vs['p'])})"
+        delta = "-" if vs is None else f"{100 * vs['diff']:+.1f} ({p_clause(vs['p'])})"
         cost = row.get("cost") or {}
         train = ("-" if cost.get("train_seconds") is None
                  else f"{cost['train_seconds'] / 60:.1f} min"
@@ -144,29 +160,36 @@ def recall_summary(report: dict[str, Any] | None, queries: str = "claims", metri
     run = _run_line(report, "dpr bench recall")
     if len(run) > 300:  # a command with several --recipe JSONs: it is printed in full beside the full table
         run = f"The command (run {str(report.get('created_at', ''))[:10]}) is beside the full table."
+    more = len(report["rows"]) - len(shown)
+    rows_note = f"{more} more rows, recipes" if more else "recipes"
     return ("\n".join(lines) + f"\n\n{data['test_queries']} held-out {queries}, {data['kb_passages']} passages; "
-            f"recipes and the full table: [{full.split('#')[0]}]({full}). " + run + "\n")
+            f"{rows_note} and the full table: [{full.split('#')[0]}]({full}). " + run + "\n")
 
 
-def _split_rows(report: dict[str, Any]) -> list[str]:
-    lines = ["| server setup | client p50 / p95 ms | queue | encode | search | fetch | handler | outside it |",
-             "|---|---|---|---|---|---|---|---|"]
+def _split_rows(report: dict[str, Any], only: tuple[str, ...] | None = None) -> list[str]:
+    from bench.speed import cpu_label
+
+    lines = ["| server setup | CPU | client p50 / p95 ms | queue | encode | search | fetch | handler | outside it |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in report["runs"]:
+        if only is not None and run["label"] not in only:
+            continue
         label, c, srv = run["label"], run["client_ms"], run["server_ms"]
         phase = {name: srv.get(name, {}).get("p50") for name in ("queue", "encode", "search", "fetch", "total")}
         outside = round(c["p50"] - phase["total"], 2) if phase["total"] is not None else None
-        cells = [label, f"{c['p50']} / {c['p95']}", *(phase[n] for n in ("queue", "encode", "search", "fetch", "total")),
-                 outside]
+        cells = [label, cpu_label(run.get("machine") or {}), f"{c['p50']} / {c['p95']}",
+                 *(phase[n] for n in ("queue", "encode", "search", "fetch", "total")), outside]
         lines.append("| " + " | ".join("-" if v is None else str(v) for v in cells) + " |")
     return lines
 
 
-def latency_block(report: dict[str, Any] | None) -> str:
-    """Where one query's time goes over HTTP, per server setup (`dpr bench latency --json --label`)."""
+def latency_block(report: dict[str, Any] | None, only: tuple[str, ...] | None = None) -> str:
+    """Where one query's time goes over HTTP, per server setup (`dpr bench latency --json --label`);
+    ``only``: the labels of the runs to show (None: all)."""
     if not report or not report.get("runs"):
         return "No latency split published yet.\n"
     first = report["runs"][0]
-    return ("\n".join(_split_rows(report)) + f"\n\n{first['n']} questions one at a time, k={first['k']}, "
+    return ("\n".join(_split_rows(report, only)) + f"\n\n{first['n']} questions one at a time, k={first['k']}, "
             f"{first['mode']}, cache off; p50 ms of `Server-Timing` phases; outside = client minus handler. "
             "Command: `dpr bench latency --json docs/results/latency.json --label NAME`, each row's flags and "
             "load in [benchmarks](docs/benchmarks.md#latency-split).\n")
@@ -183,7 +206,9 @@ def latency_full(report: dict[str, Any] | None) -> str:
             f"keep-alive connection, k={first['k']}, {first['mode']}, query cache off, each setup its own `dpr serve`. "
             "Server phases are p50 of the `Server-Timing` header; \"outside it\" is the client's p50 minus the "
             "handler's (HTTP parsing, routing, dependencies, JSON, the client itself). "
-            f"{first['machine'].get('cores')}-core {first['machine'].get('cpu')}.\n\n" + "\n".join(runs) + "\n")
+            f"{first['machine'].get('cores')} cores; the CPU column names each run's machine and its fastest matrix "
+            "unit (AMX: bf16 and int8 tiles; VNNI: int8 dot products), since sessions run on different ones and "
+            "only rows of one CPU compare.\n\n" + "\n".join(runs) + "\n")
 
 
 def reliability_block(report: dict[str, Any] | None) -> str:
@@ -312,23 +337,42 @@ def train_step_block(report: dict[str, Any] | None) -> str:
             + "\n")
 
 
+def sweep_block(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "No dev sweep published yet.\n"
+    from bench.sweep import sweep_table
+
+    data = report["data"]
+    precisions = [str(r["precision"]) for r in report["runs"]]
+    common = max(set(precisions), key=precisions.count)
+    return (f"{data['train']} training and {data['val']} dev questions, {data['val_kb']} passages ranked; every run "
+            f"in {common} unless its changes say otherwise.\n\n" + sweep_table(report)
+            + "\n\n" + _run_line(report, "python -m bench.sweep") + "\n")
+
+
+# The README keeps to the rows a user chooses between; docs/training.md has them all.
+README_LATENCY_ROWS = ("12-03, before: torch fp32 (the old default)", "12-03, after: onnx int8 (the default)", "12-07: torch fp32", "12-07: onnx fp32",
+                       "12-07: onnx int8 (the default)")
+README_SCIFACT_ROWS = ("zero-shot", "previous-default", "default", "unsupervised", "bm25", "hybrid")
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "settings": settings_table,
     "recall": lambda: recall_summary(_load("recall"), "questions", "recall@5",
                                      "docs/benchmarks.md#recall-benchmark-dpr-bench-recall"),
     "recall-full": lambda: recall_block(_load("recall"), selection=True),
     "recall-scifact": lambda: recall_block(_load("recall-scifact"), "claims", selection=True),
-    "recall-scifact-short": lambda: recall_summary(_load("recall-scifact")),
+    "recall-scifact-short": lambda: recall_summary(_load("recall-scifact"), only=README_SCIFACT_ROWS),
     "reliability": lambda: reliability_block(_load("reliability")),
     "reliability-table": lambda: reliability_table(_load("reliability")),
     "reliability-details": lambda: reliability_details(_load("reliability")),
     "merge": lambda: merge_block(_load("merge")),
     "peers": lambda: peers_block(_load("peers")),
-    "latency": lambda: latency_block(_load("latency")),
+    "latency": lambda: latency_block(_load("latency"), only=README_LATENCY_ROWS),
     "latency-full": lambda: latency_full(_load("latency")),
     "speed-details": lambda: speed_details(_load("speed")),
     "live": lambda: live_block(_load("live")),
     "train-step": lambda: train_step_block(_load("train-step")),
+    "dev-sweep": lambda: sweep_block(_load("dev-sweep")),
     "live-details": lambda: live_details(_load("live")),
 }
 

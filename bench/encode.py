@@ -5,6 +5,7 @@ Rows (same weights, max length, batch size and torch threads; same passages):
 - ``indexer``: :meth:`DualEncoder.encode_passages` (all passages tokenised at once, length-sorted
   batches so each pads only to its own longest member, ``inference_mode``), what ``dpr index`` runs;
 - ``indexer int8``: the same with torch dynamic int8 (:mod:`retriever.quantize`);
+- ``indexer bf16``: the same with bf16 matrix multiplies (:mod:`retriever.precision`), ``--quantize bf16``;
 - ``indexer onnx`` / ``indexer onnx int8``: the same on ONNX Runtime, fp32 and dynamic int8
   (:mod:`retriever.onnx_runtime`); ``dpr index --runtime onnx [--quantize int8]``;
 - ``naive``: batches in file order, each padded to its longest member, autograd on (no no_grad);
@@ -132,16 +133,18 @@ def sentence_transformers_encoder(model_path: str, max_length: int) -> Callable[
     return encode
 
 
-VARIANTS = (("torch", "int8"), ("onnx", "none"), ("onnx", "int8"))
+VARIANTS = (("torch", "int8"), ("torch", "bf16"), ("onnx", "none"), ("onnx", "int8"))
 VARIANT_NOTES = {
     ("torch", "int8"): "torch dynamic int8 nn.Linear (retriever/quantize.py)",
+    ("torch", "bf16"): "torch, bf16 matmuls by autocast (retriever/precision.py; AMX tiles where the CPU has them)",
     ("onnx", "none"): "ONNX Runtime, fused layers, fp32 (retriever/onnx_runtime.py)",
     ("onnx", "int8"): "ONNX Runtime, fused layers, dynamic int8 (retriever/onnx_runtime.py)",
 }
 
 
 def variant_name(runtime: str, quantize: str) -> str:
-    return "indexer " + " ".join(x for x in ("onnx" if runtime == "onnx" else "", "int8" if quantize == "int8" else "") if x)
+    return "indexer " + " ".join(x for x in ("onnx" if runtime == "onnx" else "", "" if quantize == "none" else quantize)
+                                 if x)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

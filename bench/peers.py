@@ -246,7 +246,9 @@ def section_peers(options: Any, work: Path, queries: Sequence[str]) -> dict[str,
               str(out), "--epochs", "1", "--batch-size", str(hp["batch_size"]), "--lr", str(hp["lr"]),
               # The same loss as MultipleNegativesRankingLoss, which caches no gradients either.
               "--warmup-ratio", str(hp["warmup_ratio"]), "--hard-negatives", "none", "--grad-cache-chunk", "0",
-              "--no-progress"])
+              # The same arithmetic as the peer's defaults: fp32 and the checkpoint's attention dropout
+              # (dpr's own defaults, bf16 on an AMX CPU and no attention dropout, would be the faster row).
+              "--precision", "fp32", "--attention-dropout", "none", "--no-progress"])
         log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
         train["dpr_s"].append(round(sum(e.get("train_seconds", 0.0) for e in log["epochs"]), 2))
         done = _run([*me, "st-train", "--model", model_path, "--train", options.train, "--out",

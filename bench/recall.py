@@ -277,9 +277,11 @@ def _cost(m: Any, trained: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, Any]:
     """Run the whole benchmark; returns the report (also written to ``options.out``)."""
+    from bench.speed import machine_info
     from retriever.encoder import load_encoder, model_ref
 
     started = time.perf_counter()
+    machine = machine_info()          # load average before this run's own work
     options.out.mkdir(parents=True, exist_ok=True)
     data = prepare(options.train, options.val, options.out, options.seed, options.train_split,
                    options.val_split, options.extra_passages)
@@ -369,7 +371,7 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
         "cost_notes": COST_NOTES,
         "rows": rows, "table": table, "curves": {"k": list(range(1, CURVE_K + 1)), "recall": curves},
         "training": training, "fusion": tuning, "plot": str(png),
-        "environment": library_versions(), "wall_seconds": round(time.perf_counter() - started, 1),
+        "environment": library_versions(), "machine": machine, "wall_seconds": round(time.perf_counter() - started, 1),
     }
     write_json(options.out / "bench_recall.json", report)
     notes = table_notes(paired["baselines"], rows)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.compare import RANDOMIZATION_RESAMPLES, format_p, paired_stats
+from eval.compare import RANDOMIZATION_RESAMPLES, p_clause, paired_stats
 from eval.evaluate import RANK_CUTOFF
 
 logger = logging.getLogger(__name__)
@@ -211,8 +211,7 @@ def _delta(stats: Mapping[str, float] | None) -> str:
     if stats is None:
         return "-"
     diff = f"{100 * stats['diff']:+.1f}"
-    return (f"**{diff}** (p{'' if stats['p'] < 0.001 else '='}{format_p(stats['p'])})" if stats["p"] < 0.05
-            else f"{diff} (p={format_p(stats['p'])})")
+    return f"**{diff}** ({p_clause(stats['p'])})" if stats["p"] < 0.05 else f"{diff} ({p_clause(stats['p'])})"
 
 
 def _cost(seconds: float | None, mb: float | None) -> str:

@@ -125,18 +125,37 @@ def _real_index(options: SpeedOptions, work: Path) -> Path:
     return out
 
 
+# The CPU features that decide the encoder's speed here: int8 dot products (VNNI) and bf16 tiles (AMX).
+# Machines of one name differ in them (sessions have run on AMD EPYC without, Intel Xeon with both).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == platform.processor():
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                flags = [f for f in SPEED_FLAGS if f in present]
                 break
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "python": platform.python_version(),
             "load_avg_at_start": [round(x, 2) for x in load] if load else None}
+
+
+def cpu_label(machine: dict[str, Any]) -> str:
+    """``"Intel Xeon (AMX)"``: the CPU's name and, where recorded, its fastest matrix unit."""
+    flags = machine.get("cpu_flags")
+    unit = None if flags is None else ("AMX" if "amx_bf16" in flags else "VNNI" if "avx512_vnni" in flags
+                                       else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "")
+    name = machine.get("cpu") or "?"
+    for noise in ("(R)", "(TM)", " Processor", " CPU"):       # "Intel(R) Xeon(R) Processor" -> "Intel Xeon"
+        name = name.replace(noise, "")
+    return f"{name} ({unit})" if unit else name
 
 
 def section_encode(options: SpeedOptions) -> dict[str, Any]:

@@ -14,7 +14,11 @@ MiningMethod = Literal["model", "bm25"]
 IndexType = Literal["flat", "hnsw", "ivfflat", "ivfpq"]
 ShardDtype = Literal["float32", "float16"]
 Runtime = Literal["torch", "onnx"]
-Quantize = Literal["none", "int8"]
+# How a model computes in inference: fp32 weights as they are, int8 (dynamic), or bf16 matrix multiplies
+# (torch autocast; retriever.precision).
+Quantize = Literal["none", "int8", "bf16"]
+# Training's matrix-multiply precision; auto: bf16 where the CPU has AMX tiles (retriever.precision).
+Precision = Literal["auto", "fp32", "bf16"]
 SearchMode = Literal["dense", "bm25", "hybrid"]
 FusionMethod = Literal["interp", "rrf"]
 EventLoop = Literal["asyncio", "uvloop"]
@@ -29,6 +33,7 @@ IVF_TYPES: tuple[str, ...] = ("ivfflat", "ivfpq")
 DTYPES: tuple[str, ...] = get_args(ShardDtype)
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 QUANTIZE_MODES: tuple[str, ...] = get_args(Quantize)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
 FUSION_METHODS: tuple[str, ...] = get_args(FusionMethod)
 

@@ -50,6 +50,23 @@ def _default_text(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+class _NoneGiven:
+    """``--flag none`` for an optional field: given, and meaning None (a flag left out is None too)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NONE_GIVEN = _NoneGiven()
+
+
+def _or_none(item: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return NONE_GIVEN if text.strip().lower() == "none" else item(text)
+    parse.__name__ = getattr(item, "__name__", "value")   # argparse names the type in its error message
+    return parse
+
+
 def _comma_list(item: Callable[[str], Any], name: str) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         try:
@@ -102,7 +119,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
             else:
                 kwargs["type"] = _comma_list(item, flag_name(field))
         elif kind in (int, float, str, Path):
-            kwargs["type"] = kind
+            # An optional field whose default is a value can be set back to None: `--flag none`.
+            kwargs["type"] = _or_none(kind) if optional and default is not None else kind
         else:
             raise TypeError(f"{cls.__name__}.{field.name}: no flag for type {kind!r}")
         if not has_default and required_defaults:
@@ -115,7 +133,9 @@ def given_fields(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     out = {}
     for field in dataclasses.fields(cls):
         value = getattr(args, field.name, None)
-        if value is not None:
+        if value is NONE_GIVEN:
+            out[field.name] = None
+        elif value is not None:
             out[field.name] = tuple(value) if isinstance(value, list) else value
     return out
 

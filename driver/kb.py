@@ -55,6 +55,7 @@ def _upsert(args: argparse.Namespace, index: object, live: object) -> int:
     from indexer.filters import infer_schema
     from indexer.live_index import embed_documents
     from retriever.encoder import load_encoder
+    from retriever.runtime import prepare_as_built
 
     if args.batch_docs < 1:
         raise ValueError(f"--batch-docs must be >= 1, got {args.batch_docs}")
@@ -67,7 +68,8 @@ def _upsert(args: argparse.Namespace, index: object, live: object) -> int:
     ref = args.model or index.model_dir
     if not ref:
         raise ValueError(f"{args.index}: the index records no model; pass --model")
-    encoder = load_encoder(ref)
+    # At the build's precision, as the server embeds live documents.
+    encoder = prepare_as_built(load_encoder(ref), index.manifest["model"])
     check_encoder(index.manifest, encoder)
     start = time.perf_counter()
     passages = created = 0

@@ -75,6 +75,12 @@ def format_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_clause(p: float) -> str:
+    """``p=0.012`` or ``p<0.001``, as a table cell writes it."""
+    text = format_p(p)
+    return f"p{text}" if text.startswith("<") else f"p={text}"
+
+
 def format_vs(systems: Sequence[Mapping[str, Any]], baseline: str, metrics: Sequence[str]) -> str:
     """Metrics down, one ``Δ (95% CI) | p`` pair of columns per system compared with ``baseline``
     (each system's ``vs[baseline]``, as :func:`paired_stats` gives it), in percentage points."""

@@ -83,9 +83,13 @@ def load_cached_vectors(out_dir: Path, description: dict[str, Any],
         return {}
     try:
         manifest = read_manifest(build)
-        diffs = encoder_differences(manifest["model"], description)
+        diffs = [d[0] for d in encoder_differences(manifest["model"], description)]
+        # Same weights at another precision (int8, bf16) give other vectors: a build keeps one precision,
+        # the one its manifest records.
+        if (manifest["model"].get("quantize") or "none") != (description.get("quantize") or "none"):
+            diffs.append("quantize")
         if diffs:
-            logger.info("not reusing embeddings from %s: encoder differs in %s", build, [d[0] for d in diffs])
+            logger.info("not reusing embeddings from %s: encoder differs in %s", build, diffs)
             return {}
         n = manifest["count"]
         hashes = np.load(build / HASHES_FILE, allow_pickle=False)

@@ -81,6 +81,9 @@ class DualEncoder(nn.Module):
         # and/or "onnx" towers are inference-only views of the same fp32 weights.
         self.quantization = "none"
         self.runtime = "torch"
+        # Matrix-multiply precision of the torch towers' forward passes (retriever.precision): training
+        # sets it from --precision, inference from quantize="bf16". The weights stay fp32 either way.
+        self.precision = "fp32"
         self._weights_sha256: str | None = None
 
     # ------------------------------------------------------------------ construction and I/O
@@ -231,13 +234,30 @@ class DualEncoder(nn.Module):
         emb = self.pool(hidden, attention_mask)                              # [B, D]
         return F.normalize(emb, dim=-1) if self.config.normalize else emb
 
+    def set_precision(self, precision: str) -> None:
+        """Run the torch towers' forward passes in ``precision`` (fp32, or bf16 autocast) from now on."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        if precision == "bf16" and (self.runtime != "torch" or self.quantization not in ("none", "bf16")):
+            raise ValueError(f"bf16 runs the fp32 torch towers; this encoder runs as runtime={self.runtime}, "
+                             f"quantize={self.quantization}")
+        self.precision = precision
+
     def _embed(self, model: PreTrainedModel, inputs: dict[str, Tensor]) -> Tensor:
-        output = model(**inputs)
+        if self.precision == "fp32":
+            output = model(**inputs)
+        else:
+            from retriever.precision import autocast
+
+            with autocast(self.precision, inputs["input_ids"].device):
+                output = model(**inputs)
         # An exported tower (retriever.onnx_runtime) runs this same head inside its graph.
         embedding = getattr(output, "embedding", None)
         if embedding is not None:
             return embedding                                                 # [B, D]
-        return self.head(output.last_hidden_state, inputs["attention_mask"])  # [B, L, D] -> [B, D]
+        # Pooled in fp32 whatever the towers computed in: a bf16 sum over 256 tokens loses digits.
+        hidden = output.last_hidden_state.float()                            # [B, L, D]
+        return self.head(hidden, inputs["attention_mask"])                   # [B, D]
 
     def embed_queries(self, inputs: dict[str, Tensor]) -> Tensor:
         return self._embed(self.query_model, inputs)

@@ -51,15 +51,22 @@ def _quantize_module(model: nn.Module) -> nn.Module:
 
 
 def quantize_encoder(encoder: DualEncoder, mode: str = "int8") -> DualEncoder:
-    """``encoder`` with its towers replaced by ``mode`` ("int8") versions, in place; "none" is a no-op.
+    """``encoder`` with its towers replaced by ``mode`` ("int8") versions, in place; "none" is a no-op;
+    "bf16" keeps the towers and autocasts their matrix multiplies to bf16.
 
-    CPU only and inference only: the quantised encoder cannot be trained or saved.
+    Inference only: the quantised encoder cannot be saved (int8 also runs on the CPU only).
     """
     check_mode(mode)
     if mode == "none" or encoder.quantization == mode:
         return encoder
     if encoder.quantization != "none":
         raise ValueError(f"encoder is already quantized as {encoder.quantization}")
+    if mode == "bf16":
+        # The same fp32 towers, their matrix multiplies autocast to bf16 (retriever.precision): any device.
+        encoder.set_precision("bf16")
+        encoder.quantization = "bf16"
+        logger.info("encoder computes in bf16 (autocast; weights fp32)")
+        return encoder
     _pick_engine()
     encoder.replace_towers(_quantize_module, runtime="torch", quantization=mode, what="int8 dynamic quantization")
     logger.info("encoder quantized: %s dynamic (nn.Linear), engine %s", mode, torch.backends.quantized.engine)

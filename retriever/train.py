@@ -43,6 +43,7 @@ from retriever.checkpoint import (
 from retriever.distributed import DistContext, all_gather_object, barrier, broadcast_object, setup, teardown
 from retriever.encoder import model_ref
 from retriever.mining import PassageVectors
+from retriever.precision import resolve_precision
 from retriever.teacher import build_teacher
 from retriever.train_config import (
     RESUME_FREE_FIELDS,
@@ -103,6 +104,10 @@ class Trainer:
         seed_everything(config.seed + ctx.rank)   # ranks differ only in dropout masks
         self.data = load_data(config)
         self.model = build_model(config).to(ctx.device)
+        self.precision = resolve_precision(config.precision, ctx.device)
+        self.model.set_precision(self.precision)
+        if config.precision == "auto":
+            logger.info("--precision auto: %s on %s", self.precision, ctx.device)
         if config.hard_negatives == "file":
             check_file_negatives(config, self.data)
         self.loss_config = loss_config_for(config, self.model)
@@ -119,7 +124,8 @@ class Trainer:
         # The last validation's val_kb vectors until a step; memory only (a resumed run encodes again).
         self.kb_vectors: PassageVectors | None = None
         # What validation and mining encode with: the model itself, or a frozen ONNX Runtime copy of it.
-        self.eval_runtime = resolve_eval_runtime(config.eval_runtime, ctx.device.type, len(self.data.val_kb))
+        self.eval_runtime = resolve_eval_runtime(config.eval_runtime, ctx.device.type, len(self.data.val_kb),
+                                                 self.precision)
         if config.eval_runtime == "auto":
             logger.info("--eval-runtime auto: validating and mining on %s (%d validation passages, %s)",
                         self.eval_runtime, len(self.data.val_kb), ctx.device.type)
@@ -131,6 +137,7 @@ class Trainer:
         self.log: dict[str, Any] = {
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": model_ref(config.model), "encoder": self.model.config.to_dict(), "device": str(ctx.device),
+            "precision": self.precision,
             "world_size": ctx.world_size,
             "data": self.data.summary(),
             "best_metric": config.val_metric, "tie_break": TIE_BREAK, "epochs": [], "steps": [], "finished": False,

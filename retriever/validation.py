@@ -78,15 +78,16 @@ EVAL_RUNTIMES: dict[str, tuple[str, str]] = {"torch": ("torch", "none"), "onnx":
                                               "onnx-int8": ("onnx", "int8")}
 
 
-def resolve_eval_runtime(eval_runtime: str, device_type: str, passages: int) -> str:
-    """``--eval-runtime auto`` made concrete: onnx-int8 for a CPU run validating on at least
+def resolve_eval_runtime(eval_runtime: str, device_type: str, passages: int, precision: str = "fp32") -> str:
+    """``--eval-runtime auto`` made concrete: torch when the model computes in bf16 (``precision``, the
+    resolved training precision), else onnx-int8 for a CPU run validating on at least
     :data:`~retriever.train_config.AUTO_INT8_MIN_PASSAGES` passages (when ONNX Runtime is installed),
     else torch. Any other value is returned as given."""
     from retriever.train_config import AUTO_INT8_MIN_PASSAGES, missing_onnx_packages
 
     if eval_runtime != "auto":
         return eval_runtime
-    if device_type != "cpu" or passages < AUTO_INT8_MIN_PASSAGES:
+    if precision == "bf16" or device_type != "cpu" or passages < AUTO_INT8_MIN_PASSAGES:
         return "torch"
     if missing_onnx_packages():
         logger.info("--eval-runtime auto: onnxruntime/onnx not installed, validating on torch")

@@ -213,11 +213,9 @@ class Engine:
         with self._passage_lock:
             if self._passage_encoder is None:
                 logger.info("loading %s at the build's precision (%s) for live documents", self.model_dir, built)
-                encoder = load_encoder(self.model_dir)
-                if built != "none":
-                    from retriever.runtime import prepare_encoder
+                from retriever.runtime import prepare_as_built
 
-                    prepare_encoder(encoder, self.index.manifest["model"].get("runtime") or "torch", built)
+                encoder = prepare_as_built(load_encoder(self.model_dir), self.index.manifest["model"])
                 check_encoder(self.index.manifest, encoder)
                 self._passage_encoder = encoder
             return self._passage_encoder
@@ -341,8 +339,9 @@ def load_engine(index_dir: str | Path, model_dir: str | None = None, *, reuse: E
         built = index.manifest["model"].get("quantize") or "none"
         warning = quantization_mismatch(built, quantize)
         if warning:
-            # int8 queries over fp32 passages is the serving default, measured; other pairings are not.
-            (logger.info if (built, quantize) == ("none", "int8") else logger.warning)("%s: %s", index_dir, warning)
+            # int8 queries over fp32 (or bf16) passages is the serving default, measured; others are not.
+            (logger.info if quantize == "int8" and built in ("none", "bf16") else logger.warning)("%s: %s", index_dir,
+                                                                                                 warning)
         engine = Engine(index, encoder, model_dir=ref, cache_size=cache_size, fusion=fusion)
         engine.selfcheck()
     except BaseException:

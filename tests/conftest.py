@@ -135,10 +135,19 @@ class TorchRun:
                 "--master_port", str(free_port()), str(dpr), *argv]
 
     def launch(self, *argv: str, procs: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
-        done = subprocess.run(self.command(*argv, procs=procs), capture_output=True, text=True, timeout=timeout,
-                              cwd=REPO, env=self.env)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return done
+        command = self.command(*argv, procs=procs)
+        # A session of its own: on a timeout the ranks go too, not only torchrun (an orphaned rank
+        # waiting in a collective would hold a core for the rest of the suite).
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                env=self.env, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"torchrun did not finish within {timeout} s: {' '.join(command)}\n{out[-3000:]}{err[-3000:]}")
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+        return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
     def kill_after_checkpoint(self, out: Path, *argv: str, min_step: int, timeout: float = 300) -> int:
         """Start a 2-rank training, SIGKILL its whole process group once ``out`` holds a resume

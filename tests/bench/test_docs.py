@@ -53,8 +53,15 @@ def test_recall_summary_shows_the_paired_difference_and_the_training_cost() -> N
                         "cost": {"train_seconds": 1500.0, "train_peak_rss_mb": 3072.0}}]}
     text = recall_summary(report)
     assert "| zero-shot | 65.0 (63.0-67.0) | - | - |" in text
-    assert "| tuned | 74.0 (72.0-76.0) | +9.0 (p=" in text and "| 25.0 min, 3.0 GB |" in text
+    assert "| tuned | 74.0 (72.0-76.0) | +9.0 (p<0.001) |" in text and "| 25.0 min, 3.0 GB |" in text
     assert "162 held-out claims, 5183 passages" in text and "Command: `dpr bench recall --x` (run 2026-12-01)" in text
+
+    report["rows"].append({"name": "hybrid (tuned + bm25)", "kind": "hybrid", "metrics": metric(0.78)})
+    for row in report["rows"][:2]:
+        row["kind"] = "dense"
+    short = recall_summary(report, only=("zero-shot", "hybrid"))
+    assert "| zero-shot |" in short and "| hybrid (tuned + bm25) | 78.0" in short and "| tuned |" not in short
+    assert "1 more rows, recipes and the full table" in short
 
 
 def test_selection_table_shows_each_trained_rows_validation_by_epoch() -> None:

@@ -58,9 +58,15 @@ def test_latency_runs_are_recorded_by_label_and_render_the_split(tmp_path: Path,
     block = bench.docs.latency_block(json.loads(out.read_text()))
     row = next(line for line in block.splitlines() if line.startswith("| fake |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2:7] == ["0.1", "2.0", "0.5", "0.2", "3.0"]
-    assert float(cells[7]) == round(fake["client_ms"]["p50"] - 3.0, 2)
+    # The machine the run was measured on, by name and fastest matrix unit: CPUs differ between sessions.
+    from bench.speed import cpu_label
+
+    assert cells[1] == cpu_label(fake["machine"]) and cells[1].split()[0] in fake["machine"]["cpu"]
+    assert cells[3:8] == ["0.1", "2.0", "0.5", "0.2", "3.0"]
+    assert float(cells[8]) == round(fake["client_ms"]["p50"] - 3.0, 2)
     assert "`dpr bench latency --url" in bench.docs.latency_full(json.loads(out.read_text()))
+    only_fake = bench.docs.latency_block(json.loads(out.read_text()), only=("fake",))
+    assert "| fake |" in only_fake and "| served |" not in only_fake       # the README's shorter table
     # the same label again replaces its row in place
     assert main(["bench", "latency", "--url", fake_server, "--val", str(questions), "--n", "1", "--warmup", "0",
                  "--mode", "dense", "--json", str(out), "--label", "served"]) == 0

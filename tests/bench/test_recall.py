@@ -268,7 +268,7 @@ def test_dpr_bench_recall_command(tiny_base: Path, small_nq: tuple[Path, Path], 
 
 def test_bench_options_refuse_unknown_rows_and_epochs() -> None:
     with pytest.raises(ValueError, match="unknown row.s. colbert; known rows: zero-shot, in-batch, in-batch.hard, "
-                                         "default, distill, unsupervised, unsupervised.supervised"):
+                                         "previous-default, default, distill, unsupervised, unsupervised.supervised"):
         BenchOptions(rows=("zero-shot", "colbert"))
     with pytest.raises(ValueError, match="--rows: no row given"):
         BenchOptions(rows=())

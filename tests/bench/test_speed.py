@@ -30,14 +30,15 @@ def test_bench_speed_encode_and_int8_sections(tmp_path: Path, saved_model: Path,
     encode = report["encode"]
     assert encode["passages"] == 20 and _finite_positive(encode["matmul_gflops"])
     rows = {r["name"]: r for r in encode["rows"]}
-    assert {"indexer", "naive", "indexer int8", "indexer onnx", "indexer onnx int8", "sentence-transformers"} <= set(rows)
-    for name in ("indexer", "naive", "indexer int8", "indexer onnx", "indexer onnx int8"):
+    assert {"indexer", "naive", "indexer int8", "indexer bf16", "indexer onnx", "indexer onnx int8",
+            "sentence-transformers"} <= set(rows)
+    for name in ("indexer", "naive", "indexer int8", "indexer bf16", "indexer onnx", "indexer onnx int8"):
         for key in ("passages_per_s", "gflops", "share_of_matmul", "indexer_speedup"):
             assert _finite_positive(rows[name][key]), (name, key)
     assert rows["indexer"]["indexer_speedup"] == 1.0
     # Every other way keeps its speed-up over the indexer per round, one entry per round.
     assert encode["repeats"] == 3 and "x_indexer_rounds" not in rows["indexer"]
-    for name in ("naive", "indexer int8", "indexer onnx", "indexer onnx int8"):
+    for name in ("naive", "indexer int8", "indexer bf16", "indexer onnx", "indexer onnx int8"):
         rounds, row = rows[name]["x_indexer_rounds"], rows[name]
         assert len(rounds) == 3 and all(_finite_positive(x) for x in rounds), name
         assert len(rows[name]["passes_s"]) == 3 and min(rows[name]["passes_s"]) == rows[name]["seconds"]
@@ -47,6 +48,7 @@ def test_bench_speed_encode_and_int8_sections(tmp_path: Path, saved_model: Path,
     assert rows["naive"]["cosine_to_indexer"] > 0.999
     assert 0.5 < rows["indexer int8"]["cosine_to_indexer"] <= 1.0001
     assert 0.5 < rows["indexer onnx int8"]["cosine_to_indexer"] <= 1.0001
+    assert 0.99 < rows["indexer bf16"]["cosine_to_indexer"] <= 1.0001
     # fp32 on ONNX Runtime is the same function as torch, fused differently.
     assert rows["indexer onnx"]["cosine_to_indexer"] > 0.999
     # A saved dual-encoder dir is no sentence-transformers checkpoint: the row says why it has no figures.
@@ -111,3 +113,15 @@ def test_mixed_lengths_recuts_real_words_to_varied_lengths() -> None:
     assert max(lengths) >= 4 * min(lengths)                 # mixed, not a constant length
     assert all(set(p.text.split()) <= set(words) for p in out)
     assert mixed_lengths(passages, seed=0, min_words=5, max_words=80) == out
+
+
+def test_machine_names_its_cpu_and_fastest_matrix_unit() -> None:
+    from bench.speed import SPEED_FLAGS, cpu_label, machine_info
+
+    machine = machine_info()
+    assert set(machine["cpu_flags"]) <= set(SPEED_FLAGS) and machine["cores"] >= 1
+    assert cpu_label({"cpu": "Intel(R) Xeon(R) Processor", "cpu_flags": ["avx2", "avx512f", "avx512_vnni",
+                                                                         "amx_bf16"]}) == "Intel Xeon (AMX)"
+    assert cpu_label({"cpu": "EPYC", "cpu_flags": ["avx2", "avx512f", "avx512_vnni"]}) == "EPYC (VNNI)"
+    assert cpu_label({"cpu": "Old", "cpu_flags": ["avx2"]}) == "Old (AVX2)"
+    assert cpu_label({"cpu": "AMD EPYC"}) == "AMD EPYC"          # runs recorded before the flags were

@@ -11,16 +11,18 @@ from bench.train_step import StepBenchOptions, run_bench, step_batches
 
 def test_every_setting_is_timed_in_each_round(tiny_base: Path, small_nq: tuple[Path, Path], tmp_path: Path) -> None:
     options = StepBenchOptions(data=small_nq[0], model=str(tiny_base), batch_size=2, hard_negatives=1,
-                               attention_dropout=("none", "0"), grad_cache=(2, 0), rounds=2, out=tmp_path)
+                               attention_dropout=("none", "0"), grad_cache=(2, 0), precision=("fp32", "bf16"),
+                               rounds=1, out=tmp_path)
     report = run_bench(options, "test")
     rows = report["rows"]
-    assert [(r["attention_dropout"], r["checkpoint_rate"], r["grad_cache_chunk"]) for r in rows] == [
-        (0.1, True, 2), (0.1, True, 0), (0.0, False, 2), (0.0, False, 0)]
-    assert all(len(r["step_seconds"]) == 2 and r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert [(r["precision"], r["attention_dropout"], r["checkpoint_rate"], r["grad_cache_chunk"]) for r in rows] == [
+        (p, a, c, g) for p in ("fp32", "bf16") for a, c in ((0.1, True), (0.0, False)) for g in (2, 0)]
+    assert all(len(r["step_seconds"]) == 1 and r["median_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     assert rows[0]["ratio_to_first"] == 1.0 and report["texts_per_step"] == 2 * 3
     saved = json.loads((tmp_path / "train_step.json").read_text())
-    assert saved["rows"] == rows and saved["command"] == "test"
-    assert "| 0.1 (checkpoint's) | chunks of 2 |" in (tmp_path / "train_step.md").read_text()
+    assert saved["rows"] == rows and saved["command"] == "test" and saved["machine"]["cores"] >= 1
+    table = (tmp_path / "train_step.md").read_text()
+    assert "| fp32 | 0.1 (checkpoint's) | chunks of 2 |" in table and "| bf16 | 0 | off |" in table
 
 
 def test_batches_hold_each_question_its_positive_and_other_passages(small_nq: tuple[Path, Path]) -> None:
@@ -38,7 +40,8 @@ def test_batches_hold_each_question_its_positive_and_other_passages(small_nq: tu
 
 @pytest.mark.parametrize("kw, message", [({"attention_dropout": ("1.5",)}, "not none or a rate"),
                                          ({"grad_cache": (-1,)}, "chunks must be >= 0"),
-                                         ({"rounds": 0}, "rounds must be >= 1")])
+                                         ({"rounds": 0}, "rounds must be >= 1"),
+                                         ({"precision": ("fp16",)}, "each must be fp32 or bf16")])
 def test_bad_settings_are_refused(kw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         StepBenchOptions(**kw)

@@ -75,6 +75,19 @@ def test_other_encoder_weights_do_not_reuse(built: Path, kb80: Path, tiny_base: 
     SearchIndex.open(built, other).close()
 
 
+def test_another_precision_does_not_reuse_and_is_recorded(built: Path, kb80: Path, tiny_encoder,
+                                                          counted: list[int]) -> None:
+    from retriever.runtime import prepare_encoder
+
+    prepare_encoder(tiny_encoder, "torch", "bf16")
+    build_index(tiny_encoder, [kb80], built, progress=False)
+    assert counted == [80] and _build_stats(built)["embedded"] == 80
+    manifest = json.loads((current_build(built) / "manifest.json").read_text())
+    assert manifest["model"]["quantize"] == "bf16"
+    build_index(tiny_encoder, [kb80], built, progress=False)     # the same precision again: all reused
+    assert counted == [80] and _build_stats(built)["reused"] == 80
+
+
 def test_damaged_previous_index_means_full_embed_not_failure(built: Path, kb80: Path, tiny_encoder) -> None:
     (current_build(built) / "passage_hashes.npy").write_bytes(b"garbage")
     build_index(tiny_encoder, [kb80], built, progress=False)

@@ -35,6 +35,25 @@ def test_dpr_index_builds_a_servable_index(tiny_base: Path, kb80: Path, tmp_path
     assert "0 embedded, 80 reused" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_default_precision_is_bf16_only_on_an_amx_cpu(amx: bool, tiny_base: Path, kb80: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import retriever.precision
+
+    monkeypatch.setattr(retriever.precision, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+
+    def built(name: str, *flags: str) -> str:
+        out = tmp_path / name
+        assert main(["index", "--model", str(tiny_base), "--kb", str(kb80), "--out", str(out), "--no-bm25",
+                     "--no-progress", *flags]) == 0
+        return json.loads((current_build(out) / "manifest.json").read_text())["model"]["quantize"]
+
+    assert built("auto") == ("bf16" if amx else "none")
+    assert built("fp32", "--quantize", "none") == "none"
+    assert built("onnx", "--runtime", "onnx") == "none"           # ONNX Runtime has no bf16
+
+
 def test_dpr_index_reports_bad_kb_and_exits_2(tiny_base: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.jsonl"

@@ -290,6 +290,26 @@ def test_kb_upsert_then_delete(index_copy: Path, encoder: DualEncoder, tmp_path:
         assert "fresh" not in {p.doc_id for p in live.passages([r for r, _ in live.search(fresh_vectors, 10)[0]])}
 
 
+def test_kb_upsert_embeds_at_the_builds_precision(model: Path, docs_file: Path, encoder: DualEncoder,
+                                                   tmp_path: Path) -> None:
+    """A bf16 build (`--quantize bf16`, auto on an AMX CPU): offline upserts get the bf16 vectors a rebuild
+    would give them, as the server's live writes do, not fp32 ones."""
+    from retriever.runtime import prepare_encoder
+
+    out = tmp_path / "bf16"
+    assert _index(model, docs_file, out, "--chunk", CHUNK, "--quantize", "bf16", "--no-bm25") == 0
+    assert _manifest(out)["model"]["quantize"] == "bf16"
+    fresh = _document("fresh", 40, 2, "news", 2024)
+    assert _dpr_kb(out, "upsert", str(_write_jsonl(tmp_path / "new.jsonl", [fresh]))) == 0
+    with _Live(out) as live:
+        slots, vectors = live.segment.view().alive()
+    passages, fp32 = embed_document(_parse(fresh), CHUNK, encoder)
+    _, bf16 = embed_document(_parse(fresh), CHUNK, prepare_encoder(DualEncoder.load(model), "torch", "bf16"))
+    assert len(slots) == len(passages)
+    np.testing.assert_allclose(vectors, bf16, atol=1e-6)
+    assert not np.allclose(vectors, fp32, atol=1e-6)
+
+
 def _parse(doc: dict[str, Any]) -> Any:
     from common.documents import parse_document
 

@@ -285,7 +285,9 @@ def test_attention_dropout_reaches_every_layer_only_while_training(tiny_base: Pa
     def rates(model: DualEncoder) -> list[float]:
         return [d.p for d in attention_dropouts(model)]
 
-    assert rates(build_model(_config(tiny_base, small_nq, tmp_path / "a"))) == [0.1, 0.1]   # the checkpoint's
+    assert TrainConfig.__dataclass_fields__["attention_dropout"].default == 0.0             # the default: none
+    assert rates(build_model(_config(tiny_base, small_nq, tmp_path / "a"))) == [0.0, 0.0]
+    assert rates(build_model(_config(tiny_base, small_nq, tmp_path / "c", attention_dropout=None))) == [0.1, 0.1]
     model = build_model(_config(tiny_base, small_nq, tmp_path / "b", attention_dropout=0.0))
     assert rates(model) == [0.0, 0.0]
     # Hidden-state dropout is left alone.
