@@ -73,11 +73,24 @@ def setup(device: str = "auto", timeout: timedelta = DEFAULT_TIMEOUT) -> DistCon
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=chosen)
 
 
+# The last barrier's work handles, kept until the process ends (see teardown).
+_LAST_WORK: list[Any] = []
+
+
 def teardown(ctx: DistContext, clean: bool = True) -> None:
-    """Leave the process group; after an error skip the barrier (the other ranks may be gone)."""
+    """Leave the process group; after an error skip the barrier (the other ranks may be gone).
+
+    The barrier's work handle is kept alive on purpose. Otherwise gloo's worker thread frees it right
+    after it completes, which needs the GIL, while the main thread may be freeing the process group
+    (the DDP reducer holds the last reference) with the GIL held and waiting for that thread's lock: a
+    deadlock seen on a resumed 2-rank run, rank 1 hung in ``~ProcessGroupGloo`` after training ended.
+    Kept here, the work is freed by the main thread at exit, after the group is gone.
+    """
     if ctx.enabled and dist.is_initialized():
         if clean:
-            dist.barrier()
+            work = dist.barrier(async_op=True)
+            work.wait()
+            _LAST_WORK.append(work)
         dist.destroy_process_group()
 
 

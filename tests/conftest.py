@@ -117,6 +117,37 @@ def index_without_bm25(tmp_path: Path):
     return copy
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # the field after "(comm)": state, then the parent's pid
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL torchrun's process group and every descendant: its ranks run in sessions of their own
+    (torch elastic starts them with a new session), so a group kill alone would orphan them."""
+    ranks = _descendants(pid)
+    os.killpg(pid, signal.SIGKILL)
+    for rank in ranks:
+        try:
+            os.kill(rank, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class TorchRun:
     """The real ``torchrun`` launching the ``dpr`` console script, as a user launches it:
     ``torchrun --nproc_per_node N $(command -v dpr) ARGV``, on loopback, one thread per rank."""
@@ -143,7 +174,7 @@ class TorchRun:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
             out, err = proc.communicate(timeout=30)
             pytest.fail(f"torchrun did not finish within {timeout} s: {' '.join(command)}\n{out[-3000:]}{err[-3000:]}")
         assert proc.returncode == 0, out[-3000:] + err[-3000:]
@@ -161,7 +192,7 @@ class TorchRun:
             while time.monotonic() < deadline:
                 progress = resume_progress(out) if resume_dir(out).exists() else None
                 if progress and progress["global_step"] >= min_step:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    _kill_tree(proc.pid)
                     proc.wait(30)
                     return int(progress["global_step"])
                 if proc.poll() is not None:
@@ -171,7 +202,7 @@ class TorchRun:
             pytest.fail(f"no checkpoint at step {min_step} within {timeout} s")
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill_tree(proc.pid)
                 proc.wait(30)
 
 
