@@ -131,17 +131,18 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx
 
 
 def machine_info() -> dict[str, Any]:
-    cpu, flags = platform.processor(), []
+    info: dict[str, str] = {}      # the first CPU's fields of /proc/cpuinfo
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == platform.processor():
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                flags = [f for f in SPEED_FLAGS if f in present]
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
                 break
     except OSError:
         pass
+    cpu = info.get("model name") or platform.processor()
+    present = set(info.get("flags", "").split())
+    flags = [f for f in SPEED_FLAGS if f in present]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "python": platform.python_version(),
             "load_avg_at_start": [round(x, 2) for x in load] if load else None}

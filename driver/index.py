@@ -95,12 +95,10 @@ def _resolve_quantize(quantize: str, runtime: str, single: bool) -> str:
         return quantize
     if runtime != "torch" or not single:
         return "none"
-    import torch
-
     from retriever.precision import resolve_precision
+    from retriever.train_setup import resolve_device
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = resolve_precision("auto", device)
+    precision = resolve_precision("auto", resolve_device("auto"))
     logger.info("--quantize auto: %s", "bf16 (a CPU with AMX tiles)" if precision == "bf16" else "none (fp32)")
     return "bf16" if precision == "bf16" else "none"
 
