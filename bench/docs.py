@@ -6,7 +6,7 @@ benchmark JSON in ``docs/results/`` so a figure in the docs can never drift from
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each one
 ends with the command and the date of the run it shows. To publish a new run, copy its JSON to
-``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``, ``train-step.json``, ``dev-sweep.json``) and run this.
+``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``, ``train-step.json``, ``dev-sweep.json``, ``dev-sweep-unsupervised.json``) and run this.
 """
 from __future__ import annotations
 
@@ -345,8 +345,12 @@ def sweep_block(report: dict[str, Any] | None) -> str:
     data = report["data"]
     precisions = [str(r["precision"]) for r in report["runs"]]
     common = max(set(precisions), key=precisions.count)
-    return (f"{data['train']} training and {data['val']} dev questions, {data['val_kb']} passages ranked; every run "
-            f"in {common} unless its changes say otherwise.\n\n" + sweep_table(report)
+    if any("pseudo_queries" in r["data"] for r in report["runs"]):
+        trained = "pseudo queries from the knowledge base (no claims) to train on"
+    else:
+        trained = f"{data['train']} training questions"
+    return (f"{trained}, {data['val']} dev questions, {data['val_kb']} passages ranked; every run in {common} "
+            f"unless its changes say otherwise.\n\n" + sweep_table(report)
             + "\n\n" + _run_line(report, "python -m bench.sweep") + "\n")
 
 
@@ -373,6 +377,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "live": lambda: live_block(_load("live")),
     "train-step": lambda: train_step_block(_load("train-step")),
     "dev-sweep": lambda: sweep_block(_load("dev-sweep")),
+    "dev-sweep-unsupervised": lambda: sweep_block(_load("dev-sweep-unsupervised")),
     "live-details": lambda: live_details(_load("live")),
 }
 

@@ -1,8 +1,9 @@
 """What a rerun of ``dpr bench recall`` takes from an earlier run instead of computing it again.
 
 - A row's finished training: ``OUT/models/ROW/bench_row.json`` records the row's ``TrainConfig`` and
-  the sha256 of its data files; a run whose config and data match evaluates that model as it is
-  (``--retrain`` trains again).
+  the sha256 of its data files (and of its starting model's weights when that is a saved directory);
+  a run whose config, data and starting weights match evaluates that model as it is (``--retrain``
+  trains again).
 - A row's passage vectors: ``OUT/vectors/ROW/KB/`` holds ``passages.npy`` and ``key.json``, the
   model's description (weights sha256, encoder settings, runtime) and the sha256 of the passages'
   ids, titles and texts. Queries are always encoded afresh (seconds); the knowledge base is what
@@ -38,11 +39,27 @@ VECTORS_KEY = "key.json"
 
 # ----------------------------------------------------------------------------- finished training
 
+# TrainConfig fields a run on labelled questions never reads: a change to them (a new default, say)
+# leaves its training valid.
+UNSUPERVISED_ONLY = ("pseudo_method", "pseudo_max_examples", "pseudo_val")
+
+
+def _fields_read(config: dict[str, Any]) -> dict[str, Any]:
+    if config.get("unsupervised"):
+        return config
+    return {k: v for k, v in config.items() if k not in UNSUPERVISED_ONLY}
+
+
 def training_key(config: Any) -> dict[str, Any]:
-    """What a finished training must match to stand in for a new one: its config and its data's bytes."""
+    """What a finished training must match to stand in for a new one: the config fields it reads and
+    its data's bytes."""
     files = [Path(p) for p in (config.train, config.val, *config.kb) if p]
+    # A row that starts from a saved model (another row's, under start_from) is only the same training
+    # if that model's weights are the same bytes: its parent may have been trained again since.
+    if Path(config.model).is_dir():
+        files += sorted(Path(config.model).rglob("*.safetensors"))
     # Through JSON, as the record is read back: tuples become lists.
-    return json.loads(json.dumps({"config": config.to_dict(), "data_sha256": hash_paths(files)}))
+    return json.loads(json.dumps({"config": _fields_read(config.to_dict()), "data_sha256": hash_paths(files)}))
 
 
 def finished_training(config: Any, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -56,10 +73,11 @@ def finished_training(config: Any, key: dict[str, Any]) -> dict[str, Any] | None
     except (OSError, ValueError) as e:
         logger.warning("%s: unreadable (%s): training again", path, e)
         return None
-    differs = sorted(k for k in ("config", "data_sha256") if record.get(k) != key[k])
+    recorded = {**record, "config": _fields_read(record.get("config") or {})}
+    differs = sorted(k for k in ("config", "data_sha256") if recorded.get(k) != key[k])
     if differs:
-        fields = sorted(f for f in set(key["config"]) | set(record.get("config") or {})
-                        if (record.get("config") or {}).get(f) != key["config"].get(f))
+        fields = sorted(f for f in set(key["config"]) | set(recorded["config"])
+                        if recorded["config"].get(f) != key["config"].get(f))
         logger.info("%s: an earlier training with a different %s (%s): training again", config.out,
                     " and ".join(differs), ", ".join(fields) or "same fields")
         return None

@@ -16,7 +16,14 @@ is made from the passage itself, so a dual encoder can be adapted to a corpus wi
     lets the spans overlap; here they are always *disjoint* word ranges (hence ``crop_max_ratio <=
     0.5``, so two crops always fit), for the same promise.
 
-Rules common to both methods:
+``title`` -- the passage's title is the query and its text, under no title, the positive: the pairs
+    that title/abstract corpora (S2ORC, the SPECTER data) give sentence encoders, made from the
+    knowledge base itself. Nothing is drawn, so the seed plays no part. A passage whose title has
+    fewer than ``min_query_words`` words is skipped as ``no_title``; a title repeated (case and spacing
+    aside) by an earlier passage -- another chunk of the same document -- as ``duplicate_title``, so
+    one document's chunks are never in-batch negatives for the same question.
+
+Rules common to all methods:
 
 - One example per passage, and the positive keeps the passage's ``pid`` (and ``doc_id``). Batching
   (:func:`retriever.batching.make_batches`) and mining (:mod:`retriever.mining`) treat a passage with
@@ -24,9 +31,9 @@ Rules common to both methods:
   query verbatim -- is never used as a negative for its own query. A fresh pid would let it be mined
   as a "hard negative". A repeated ``pid`` in the input is skipped after its first occurrence.
 - The guarantee: the query, compared case-insensitively with whitespace collapsed, is never a
-  substring of its positive's text. Every candidate is checked; ICT tries the other sentences and
-  ``crop`` redraws (up to ``_MAX_DRAWS`` times) before the passage is skipped as
-  ``query_in_positive`` (a repeated sentence or phrase can defeat removal).
+  substring of its positive's text (a title found in its own text is skipped). Every candidate is
+  checked; ICT tries the other sentences and ``crop`` redraws (up to ``_MAX_DRAWS`` times) before
+  the passage is skipped as ``query_in_positive`` (a repeated sentence or phrase can defeat removal).
 - A passage of one sentence cannot lose its only sentence under ICT. With ``single_sentence="split"``
   (the default) a contiguous run of its words becomes the query and the positive is the remaining
   words (at least half of them); with ``"skip"`` the passage is skipped. ``crop`` does not look at
@@ -60,7 +67,7 @@ from common.data import Example, Passage, load_corpus
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("ict", "crop")
+METHODS = ("ict", "crop", "title")
 SINGLE_SENTENCE_RULES = ("split", "skip")
 
 # Redraws of a crop (or of a single-sentence split) that left the query inside its positive; only a
@@ -78,13 +85,15 @@ NO_QUERY = "no_query"
 SHORT_POSITIVE = "short_positive"
 QUERY_IN_POSITIVE = "query_in_positive"
 DUPLICATE_PID = "duplicate_pid"
+NO_TITLE = "no_title"
+DUPLICATE_TITLE = "duplicate_title"
 
 
 @dataclass(frozen=True)
 class PseudoQueryConfig:
     """Options of :func:`make_pseudo_examples`; invalid values raise ``ValueError`` on construction."""
 
-    method: Literal["ict", "crop"] = "ict"
+    method: Literal["ict", "crop", "title"] = "ict"
     seed: int = 0
     min_passage_words: int = 16
     min_query_words: int = 4
@@ -318,10 +327,29 @@ def _crop(p: Passage, cfg: PseudoQueryConfig, rng: np.random.Generator) -> tuple
     return QUERY_IN_POSITIVE
 
 
+def _title(p: Passage, cfg: PseudoQueryConfig) -> tuple[str, str] | str:
+    words = p.title.split()
+    if len(words) < cfg.min_query_words:
+        return NO_TITLE
+    query = " ".join(words[:cfg.max_query_words])
+    if len(p.text.split()) < cfg.min_positive_words:
+        return SHORT_POSITIVE
+    if _query_inside(query, p.text):
+        return QUERY_IN_POSITIVE
+    return query, p.text
+
+
 def _make_one(p: Passage, cfg: PseudoQueryConfig) -> tuple[Example, bool] | str:
     """The example of one passage and whether it came from the single-sentence split, or a skip reason."""
     if len(p.text.split()) < cfg.min_passage_words:
         return TOO_SHORT
+    if cfg.method == "title":
+        made = _title(p, cfg)
+        if isinstance(made, str):
+            return made
+        # The positive is the text alone: under its own title it would hold the query verbatim.
+        positive = Passage(pid=p.pid, title="", text=made[1], doc_id=p.doc_id, metadata=p.metadata)
+        return Example(qid=f"title:{p.pid}", question=made[0], positives=(positive,)), False
     rng = _passage_rng(cfg.seed, p.pid)
     if cfg.method == "ict":
         spans = _sentence_spans(p.text)
@@ -351,6 +379,7 @@ def make_pseudo_examples(passages: Sequence[Passage],
     made: dict[int, Example] = {}
     skipped: Counter[str] = Counter()
     seen: set[str] = set()
+    titles: set[str] = set()
     examined = splits = 0
     for i in order:
         if cfg.max_examples is not None and len(made) >= cfg.max_examples:
@@ -361,12 +390,21 @@ def make_pseudo_examples(passages: Sequence[Passage],
             skipped[DUPLICATE_PID] += 1
             continue
         seen.add(p.pid)
+        if cfg.method == "title":
+            # Chunks of one document share its title: one query per title, or the chunks become each
+            # other's in-batch negatives for the same question.
+            key = _normal(p.title)
+            if key and key in titles:
+                skipped[DUPLICATE_TITLE] += 1
+                continue
         result = _make_one(p, cfg)
         if isinstance(result, str):
             skipped[result] += 1
             continue
         made[i], single = result
         splits += single
+        if cfg.method == "title":
+            titles.add(_normal(p.title))
     examples = [made[i] for i in sorted(made)]
     stats = PseudoQueryStats(passages=len(passages), examined=examined, examples=len(examples),
                              skipped=dict(sorted(skipped.items())), single_sentence_splits=splits)

@@ -21,9 +21,10 @@ examples:
   dpr train --train beir/ --val beir/ --train-split train --val-split val --out runs/beir
   # a batch of 128 with the activation memory of 16 texts: gradient caching (same gradient, one extra forward pass)
   dpr train --train train.json --val val.json --out runs/big --batch-size 128 --grad-cache-chunk 16
-  # no labelled questions: adapt to a knowledge base on pseudo queries made from its passages (ICT);
+  # no labelled questions: adapt to a knowledge base on pseudo queries made from its passages (their
+  # titles, or ICT sentences if most have none), 1 epoch with in-batch negatives unless told otherwise;
   # the checkpoint is picked on held-out pseudo queries, or on --val questions if given
-  dpr train --unsupervised --kb corpus.jsonl --out runs/adapted [--val val.json] [--pseudo-method crop]
+  dpr train --unsupervised --kb corpus.jsonl --out runs/adapted [--val val.json] [--pseudo-method ict]
   # then fine-tune the adapted model on labelled questions
   dpr train --train train.json --val val.json --model runs/adapted --out runs/adapted+sup
   # continue a run that was killed (its <out>/resume is written every --checkpoint-every steps)

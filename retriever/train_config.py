@@ -46,6 +46,24 @@ EVAL_RUNTIMES: tuple[str, ...] = get_args(EvalRuntime)
 # bf16 validates on torch instead: 512 SciFact passages encoded at 95.6/s in bf16 against 99.3/s on int8
 # (47.9/s ONNX fp32, 44.0/s torch fp32) on an AMX CPU, with no export and vectors at cosine 0.99998 to fp32.
 AUTO_INT8_MIN_PASSAGES = 2000
+# What a run gets for each of these fields left at None: one recipe for labelled questions, one for
+# --unsupervised, each the best measured on SciFact (nDCG@10) from the packaged MiniLM
+# (docs/training.md). Supervised, on the 81 dev claims, from 64.7: 2 epochs at 2e-5 (the earlier
+# default) 67.6; 4 at 2e-5 70.7, 5e-5 75.7, 1e-4 77.9, 2e-4 79.0 (at epoch 3); 6 at 1e-4 79.0 (at
+# epoch 4), with 3 re-mined negatives. Unsupervised, one epoch over 5,000 title pseudo queries, on the
+# 566 training claims too (it trains on none of them), from 65.2: 5e-5 65.6 (dev 66.2), 1e-4 64.6 (dev
+# 68.2: 81 claims rank by noise), 2e-4 61.6. One BM25 negative with hybrid distillation fell to 61.0
+# on dev; ICT and crops never rose above the start.
+RECIPE_DEFAULTS: dict[bool, dict[str, Any]] = {
+    False: {"epochs": 6, "lr": 1e-4, "hard_negatives": "model"},
+    True: {"epochs": 1, "lr": 5e-5, "hard_negatives": "none"},
+}
+# --pseudo-method auto: title pseudo queries when at least this share of the passages has a title.
+AUTO_TITLE_SHARE = 0.5
+
+
+def _recipe_default(name: str) -> str:
+    return f"(default: {RECIPE_DEFAULTS[False][name]}, or {RECIPE_DEFAULTS[True][name]} with --unsupervised)"
 
 
 def missing_onnx_packages() -> list[str]:
@@ -66,10 +84,13 @@ class TrainConfig:
     """Everything a training run depends on (paths included), so a run can be repeated from its JSON.
 
     ``dpr train``'s flags are generated from these fields (:mod:`common.flags`): each default and help
-    text is written here once. The recipe defaults (6 epochs at a peak learning rate of 1e-4, 3
-    model-mined hard negatives re-mined before each epoch, no dropout on attention probabilities,
-    gradient caching, bf16 where the CPU has AMX) validated best on SciFact's dev claims from the
-    packaged MiniLM (docs/training.md); nq_oracle is too near its ceiling to choose on.
+    text is written here once, except that ``epochs``, ``lr`` and ``hard_negatives`` left at None take
+    :data:`RECIPE_DEFAULTS`, one recipe with labelled questions and one with ``--unsupervised``. The
+    recipe defaults (6 epochs at a peak learning rate of 1e-4, 3 model-mined hard negatives re-mined
+    before each epoch, no dropout on attention probabilities, gradient caching, bf16 where the CPU has
+    AMX; unsupervised: title pseudo queries, 1 epoch at 5e-5, in-batch negatives only) validated best on
+    SciFact's dev claims from the packaged MiniLM (docs/training.md); nq_oracle is too near its ceiling
+    to choose on.
     """
 
     # "" = not given: --train and --val are required, except that --unsupervised takes no --train and
@@ -92,8 +113,10 @@ class TrainConfig:
     # whose other options keep PseudoQueryConfig's defaults; the seed is --seed.
     unsupervised: bool = opt(False, "train on pseudo queries made from the --kb passages: no labelled questions "
                              "(no --train)", group="unsupervised")
-    pseudo_method: str = opt("ict", "ict (one sentence of a passage is the query, the rest its positive) or "
-                             "crop (two disjoint spans of a passage)", group="unsupervised", metavar="ict|crop")
+    pseudo_method: str = opt("auto", "ict (one sentence of a passage is the query, the rest its positive), "
+                             "crop (two disjoint spans of a passage), title (the title is the query, the text "
+                             f"its positive) or auto: title when {AUTO_TITLE_SHARE:.0%} of the passages or more "
+                             "have one, else ict", group="unsupervised", metavar="auto|ict|crop|title")
     # Training time scales with the examples, not the KB (a KB of millions of passages would take days
     # per epoch on one GPU); 5000 is ~160 steps of 32 per epoch. Mining and validation still encode the
     # whole KB.
@@ -113,13 +136,14 @@ class TrainConfig:
     passage_max_length: int | None = opt(None, "new models only (none: 256 tokens)", group="model")
     passage_format: PassageFormat | None = opt(None, "new models only: pair (title [SEP] text) or joined (the one "
                                                "string 'title. text') (none: pair)", group="model")
-    # Measured on SciFact dev (81 claims, nDCG@10 from 64.7): 2 epochs at 2e-5 (the earlier default) 67.6;
-    # 4 epochs at 2e-5 70.7, 5e-5 75.7, 1e-4 77.9, 2e-4 79.0 (at epoch 3); 6 epochs at 1e-4 79.0 (at epoch
-    # 4). A few dozen steps at 2e-5 barely move a small model on a few hundred questions.
-    epochs: int = opt(6, "passes over the training questions", group="optimisation")
+    # epochs, lr and hard_negatives: None takes RECIPE_DEFAULTS (supervised or unsupervised).
+    epochs: int | None = opt(None, f"passes over the training questions {_recipe_default('epochs')}",
+                             group="optimisation", metavar="N", show_default=False)
     batch_size: int = opt(32, "questions per batch (the global batch under torchrun)", group="optimisation")
-    lr: float = opt(1e-4, "peak learning rate (AdamW, linear warmup and decay); chosen for MiniLM on a few "
-                    "hundred questions, a larger model or data set may want less", group="optimisation")
+    lr: float | None = opt(None, "peak learning rate (AdamW, linear warmup and decay) "
+                           f"{_recipe_default('lr')}; chosen for MiniLM on a few hundred questions or a few "
+                           "thousand passages, a larger model or data set may want less", group="optimisation",
+                           metavar="LR", show_default=False)
     weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and norms)", group="optimisation")
     warmup_ratio: float = opt(0.1, "share of the steps spent warming up", group="optimisation")
     max_grad_norm: float = opt(1.0, "gradient clipping norm", group="optimisation")
@@ -144,9 +168,10 @@ class TrainConfig:
     precision: Precision = opt("auto", "matrix-multiply precision of the forward passes in training, validation "
                                "and mining: fp32, or bf16 autocast (weights and AdamW stay fp32); auto: bf16 on a "
                                "CPU with AMX tiles, else fp32", group="optimisation")
-    hard_negatives: HardNegatives = opt("model", "none (in-batch only), model (mined by the current model), bm25, "
-                                        "or file (hard_negative(s) / hard_negative_ctxs in --train)",
-                                        group="hard negatives")
+    hard_negatives: HardNegatives | None = opt(None, "none (in-batch only), model (mined by the current model), "
+                                               "bm25, or file (hard_negative(s) / hard_negative_ctxs in --train) "
+                                               f"{_recipe_default('hard_negatives')}", group="hard negatives",
+                                               metavar="none|model|bm25|file", show_default=False)
     # The defaults are the recipe that validated best on SciFact's dev claims (docs/training.md): three
     # model-mined negatives, mined again before every epoch.
     num_hard_negatives: int = opt(3, "hard negatives per question", group="hard negatives")
@@ -207,6 +232,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from retriever.pseudo_queries import METHODS as PSEUDO_METHODS  # numpy: not for `dpr train --help`
 
+        for name, value in RECIPE_DEFAULTS[bool(self.unsupervised)].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         self._check_data()
         object.__setattr__(self, "kb", tuple(str(p) for p in self.kb))
         selected = re.fullmatch(r"recall@(\d+)", self.select_metric)
@@ -256,8 +284,8 @@ class TrainConfig:
              f"teacher_temperature must be > 0, got {self.teacher_temperature}"),
             (self.student_temperature is None or self.student_temperature > 0,
              f"student_temperature must be > 0, got {self.student_temperature}"),
-            (self.pseudo_method in PSEUDO_METHODS,
-             f"pseudo_method must be one of {PSEUDO_METHODS}, got {self.pseudo_method!r}"),
+            (self.pseudo_method in ("auto", *PSEUDO_METHODS),
+             f"pseudo_method must be auto or one of {PSEUDO_METHODS}, got {self.pseudo_method!r}"),
             (self.pseudo_max_examples >= 0, f"pseudo_max_examples must be >= 0, got {self.pseudo_max_examples}"),
             (self.pseudo_val >= 0, f"pseudo_val must be >= 0, got {self.pseudo_val}"),
         ]

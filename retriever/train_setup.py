@@ -113,7 +113,7 @@ def _unsupervised_data(config: TrainConfig) -> TrainData:
     made = pseudo_data(config, kb, val)
     val = made.val if val is None else val
     logger.info("unsupervised: %d %s pseudo training examples, val %d %s, validation KB %d passages, mining KB %d "
-                "passages", len(made.train), config.pseudo_method, len(val), made.summary["validation"], len(kb),
+                "passages", len(made.train), made.summary["method"], len(val), made.summary["validation"], len(kb),
                 len(made.mining_kb))
     return TrainData(made.train, val, kb, made.mining_kb, made.summary)
 

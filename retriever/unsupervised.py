@@ -1,5 +1,6 @@
 """Unsupervised adaptation (``dpr train --unsupervised --kb PATH``): train on pseudo queries made from
-the knowledge base itself (:mod:`retriever.pseudo_queries`, ICT or cropping), no labelled questions.
+the knowledge base itself (:mod:`retriever.pseudo_queries`: titles, ICT or cropping), no labelled
+questions.
 
 - Sources: the knowledge base with repeated texts dropped (first id kept), so no passage is an exact
   copy of another example's source. Each pseudo example's positive is a *shortened* copy of its
@@ -27,7 +28,7 @@ import numpy as np
 
 from common.data import DataError, Example, Passage
 from retriever.pseudo_queries import PseudoQueryConfig, make_pseudo_examples
-from retriever.train_config import TrainConfig
+from retriever.train_config import AUTO_TITLE_SHARE, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,19 +76,33 @@ def hold_out(examples: Sequence[Example], sources: Sequence[Passage], n: int, se
     return [examples[i] for i in sorted(order[n_val:end])], val
 
 
+def pseudo_method(method: str, sources: Sequence[Passage]) -> str:
+    """``method``, or for ``auto``: ``title`` when at least :data:`AUTO_TITLE_SHARE` of ``sources`` have a
+    title long enough to be a query, else ``ict``."""
+    if method != "auto":
+        return method
+    need = PseudoQueryConfig().min_query_words
+    titled = sum(len(p.title.split()) >= need for p in sources)
+    chosen = "title" if sources and titled >= AUTO_TITLE_SHARE * len(sources) else "ict"
+    logger.info("--pseudo-method auto: %s (%d of %d passages have a title of %d words or more)",
+                chosen, titled, len(sources), need)
+    return chosen
+
+
 def pseudo_data(config: TrainConfig, kb: Sequence[Passage], val: Sequence[Example] | None) -> PseudoData:
     """Pseudo training examples from ``kb`` and, when ``val`` is None, held-out validation queries."""
     sources = unique_texts(kb)
+    method = pseudo_method(config.pseudo_method, sources)
     held = 0 if val is not None else config.pseudo_val
     cap = config.pseudo_max_examples + held if config.pseudo_max_examples else None
-    examples, stats = make_pseudo_examples(sources, PseudoQueryConfig(method=config.pseudo_method, seed=config.seed,
+    examples, stats = make_pseudo_examples(sources, PseudoQueryConfig(method=method, seed=config.seed,
                                                                       max_examples=cap))
     held_out = None
     if val is None:
         train, held_out = hold_out(examples, sources, held, config.seed, config.pseudo_max_examples or None)
         logger.warning("no --val: the checkpoint is picked on %d held-out %s pseudo queries ranked against the "
                        "whole knowledge base (a passage found from its own text, not questions answered)",
-                       len(held_out), config.pseudo_method)
+                       len(held_out), method)
     else:
         train = examples
     if len(train) < 2:
@@ -95,7 +110,7 @@ def pseudo_data(config: TrainConfig, kb: Sequence[Passage], val: Sequence[Exampl
                         f"{stats.skipped or 'none'}); in-batch negatives need at least 2")
     val_gold = {key for ex in (held_out if val is None else val) for p in ex.positives for key in (p.pid, p.text)}
     mining_kb = [p for p in sources if p.pid not in val_gold and p.text not in val_gold]
-    summary = {"method": config.pseudo_method, "kb_passages": len(kb), "unique_texts": len(sources),
+    summary = {"method": method, "kb_passages": len(kb), "unique_texts": len(sources),
                "examined": stats.examined, "examples": stats.examples, "skipped": dict(stats.skipped),
                "single_sentence_splits": stats.single_sentence_splits, "max_examples": cap,
                "train": len(train), "validation": "--val questions" if held_out is None else "held-out pseudo queries",

@@ -203,6 +203,9 @@ def test_finished_rows_are_reused_unless_recipe_data_or_retrain_say_otherwise(
     assert row["cost"]["train_seconds"] == 12.5 and row["metrics"] == first["metrics"]
     md = (options.out / "bench_recall.md").read_text()
     assert " †" in md.split("| in-batch |")[1].split("\n")[0] and "†: training reused" in md
+    # A field a supervised run never reads (a pseudo-query option) does not make it train again.
+    crop = dataclasses.replace(options, recipes=('in-batch:{"hard_negatives": "none", "pseudo_method": "crop"}',))
+    assert in_batch_row(run_bench(crop))["training_reused"] and len(trained) == 1
     # The same recipe on other data bytes trains again; so does another learning rate, and --retrain.
     train.write_text(train.read_text() + "\n")
     run_bench(options)
@@ -268,7 +271,7 @@ def test_dpr_bench_recall_command(tiny_base: Path, small_nq: tuple[Path, Path], 
 
 def test_bench_options_refuse_unknown_rows_and_epochs() -> None:
     with pytest.raises(ValueError, match="unknown row.s. colbert; known rows: zero-shot, in-batch, in-batch.hard, "
-                                         "previous-default, default, distill, unsupervised, unsupervised.supervised"):
+                                         "previous-default, default, distill, unsupervised, unsupervised-ict, unsupervised.supervised"):
         BenchOptions(rows=("zero-shot", "colbert"))
     with pytest.raises(ValueError, match="--rows: no row given"):
         BenchOptions(rows=())
@@ -376,6 +379,27 @@ def test_passage_vectors_are_reused_for_the_same_model_and_passages_only(
     extra.write_text(json.dumps({"id": "x1", "title": "Extra", "text": "an extra distractor passage"}) + "\n")
     report = run_bench(dataclasses.replace(options, extra_passages=(extra,)))
     assert not row(report)["cost"]["eval_vectors_reused"] and len(encoded) > n
+
+
+def test_a_row_starting_from_a_saved_model_is_reused_only_with_the_same_weights(
+        tiny_base: Path, small_nq: tuple[Path, Path], tmp_path: Path) -> None:
+    """A start_from row's parent may train again (a changed recipe): its child must then train again."""
+    import shutil
+
+    from bench.reuse import finished_training, record_training, training_key
+    from retriever.train_config import TrainConfig
+
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_base, parent)
+    config = TrainConfig(train=str(small_nq[0]), val=str(small_nq[1]), out=str(tmp_path / "child"),
+                         model=str(parent))
+    (tmp_path / "child").mkdir()
+    (tmp_path / "child" / "train_log.json").write_text("{}")
+    record_training(config, training_key(config), {"best_epoch": 1})
+    assert finished_training(config, training_key(config)) == {"best_epoch": 1}
+    weights = next(parent.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")                       # the parent was trained again
+    assert finished_training(config, training_key(config)) is None
 
 
 def test_a_row_trains_for_dpr_trains_epochs_unless_the_run_or_its_recipe_says(tmp_path: Path) -> None:

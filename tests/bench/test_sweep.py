@@ -51,6 +51,50 @@ def test_unfinished_or_incomparable_runs_are_refused(tmp_path: Path) -> None:
         sweep([a], baseline="z")
 
 
+def test_runs_that_train_on_different_data_compare_when_validated_alike(tmp_path: Path) -> None:
+    from bench.docs import sweep_block
+
+    a = _run(tmp_path, "ict", [0.6, 0.59], pseudo_method="ict")
+    b = _run(tmp_path, "title", [0.6, 0.62], pseudo_method="title")
+    log = json.loads((b / "train_log.json").read_text())
+    log["data"].update(train=5000, pseudo_queries={"method": "title", "examples": 5000})
+    (b / "train_log.json").write_text(json.dumps(log))
+    report = sweep([a, b])
+    assert report["runs"][1]["changes"] == {"pseudo_method": "title"}
+    assert sweep_block(report).startswith("pseudo queries from the knowledge base (no claims) to train on, 4 dev "
+                                          "questions, 50 passages ranked")
+    assert sweep_block(sweep([a])).startswith("10 training questions, 4 dev questions")
+
+
+def test_also_split_scores_each_kept_model_on_another_split(tiny_base: Path, beir_folder: Path,
+                                                           tmp_path: Path) -> None:
+    import shutil
+
+    from common.data import load_corpus
+    from common.metrics import ndcg_per_query
+    from eval.evalset import load_eval_set
+    from retriever.encoder import load_encoder
+
+    run = _run(tmp_path, "u", [0.6, 0.62], val=str(beir_folder), kb=[])
+    encoder = load_encoder(str(tiny_base))
+    encoder.save(tmp_path / "model")
+    shutil.copytree(tmp_path / "model", run, dirs_exist_ok=True)          # the kept model beside the run's logs
+    report = sweep([run], also_splits=("test",))
+    (also,) = report["runs"][0]["also"]
+    # the same ranking by hand: every query against the folder's corpus, top 10 by dot product
+    docs = ["d1", "d2", "d3", "d4"]
+    kb = load_corpus([str(beir_folder)])
+    q = encoder.encode_queries(["when is the apple harvest", "where does a river flow", "night sky"])
+    scores = q @ encoder.encode_passages(kb).T
+    ranked = {qid: [kb[j].pid for j in (-row).argsort()] for qid, row in zip(["q1", "q2", "q3"], scores)}
+    expected = ndcg_per_query(load_eval_set(str(beir_folder), "test").qrels, ranked, 10)
+    assert sorted(p.pid for p in kb) == docs
+    assert also["split"] == "test" and also["queries"] == len(expected)
+    assert also["ndcg@10"] == round(100 * sum(expected.values()) / len(expected), 2)
+    assert "| u | - | 60.0 → 62.0 | epoch 1: 62.0 | 3.0 min |" in sweep_table(report)
+    assert f"kept model, nDCG@10 on test ({len(expected)}) |" in sweep_table(report).splitlines()[0]
+
+
 def test_command_line_writes_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b = _run(tmp_path, "a", [0.6, 0.62]), _run(tmp_path, "b", [0.6, 0.7], lr=1e-4)
     out = tmp_path / "sweep.json"

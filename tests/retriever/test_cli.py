@@ -92,7 +92,7 @@ def test_dpr_train_help_lists_the_loss_and_negative_settings(capsys: pytest.Capt
     text = capsys.readouterr().out
     for flag in ("--negative-ranks START:END", "--negative-margin M", "--symmetric", "--distill-weight W",
                  "--teacher hybrid|DIR", "--teacher-temperature", "--student-temperature", "--unsupervised",
-                 "--pseudo-method ict|crop", "--pseudo-max-examples N", "--pseudo-val N",
+                 "--pseudo-method auto|ict|crop|title", "--pseudo-max-examples N", "--pseudo-val N",
                  "dpr train --unsupervised --kb"):
         assert flag in text, flag
 

@@ -13,7 +13,9 @@ from common.data import Example, Passage
 from retriever.batching import make_batches
 from retriever.pseudo_queries import (
     DUPLICATE_PID,
+    DUPLICATE_TITLE,
     NO_QUERY,
+    NO_TITLE,
     QUERY_IN_POSITIVE,
     SINGLE_SENTENCE,
     TOO_SHORT,
@@ -23,7 +25,7 @@ from retriever.pseudo_queries import (
     split_sentences,
 )
 
-METHODS = ("ict", "crop")
+METHODS = ("ict", "crop")        # the seeded ones; "title" draws nothing
 _VOCAB = ("the cell protein gene binds to a receptor in mice and humans with high affinity while "
           "levels of expression rose sharply after treatment").split()
 
@@ -71,7 +73,7 @@ def test_a_passage_example_does_not_depend_on_the_other_passages(method: str) ->
     assert reordered and all(together[qid] == ex for qid, ex in reordered.items())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", (*METHODS, "title"))
 def test_query_never_occurs_inside_its_own_positive(method: str) -> None:
     passages = _random_passages(400, seed=11)
     config = PseudoQueryConfig(method=method, seed=5, min_passage_words=8, min_query_words=2,
@@ -83,7 +85,8 @@ def test_query_never_occurs_inside_its_own_positive(method: str) -> None:
         (positive,) = ex.positives
         assert _norm(ex.question) not in _norm(positive.text)
         assert ex.question.strip() and positive.text.strip()
-        assert positive.pid == ex.qid.split(":", 1)[1] and positive.title == by_pid[positive.pid].title
+        assert positive.pid == ex.qid.split(":", 1)[1]
+        assert positive.title == ("" if method == "title" else by_pid[positive.pid].title)
         assert not ex.answers and not ex.hard_negatives
     # A passage made of one sentence said twice cannot give an ICT query that is not in its positive.
     if method == "ict":
@@ -196,7 +199,7 @@ def test_crop_lengths_lie_in_the_ratio_range_and_the_crops_are_disjoint(lo: floa
     assert crop_bounds(1000, PseudoQueryConfig(max_query_words=64)) == ((64, 64), (100, 500))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", (*METHODS, "title"))
 def test_examples_batch_as_they_are(method: str) -> None:
     passages = _random_passages(120, seed=4)
     examples, _ = make_pseudo_examples(passages, PseudoQueryConfig(method=method, min_passage_words=8,
@@ -212,6 +215,29 @@ def test_examples_batch_as_they_are(method: str) -> None:
             assert b.passages[2 * i] == by_qid[qid].positives[0]
             # the untouched source passage, which contains the query, is never its negative
             assert b.passages[2 * i + 1].pid != by_qid[qid].positives[0].pid
+
+
+def test_title_is_the_query_and_the_untitled_text_the_positive() -> None:
+    passages = [
+        Passage("a", "Aspirin lowers the risk of stroke.", "We followed 900 patients for ten years.", doc_id="d1",
+                metadata={"year": 2001}),
+        Passage("b", "", "A passage without a title says nothing as a query here."),
+        Passage("c", "Statins and memory", "Patients on statins and memory tests were followed for a year."),
+        Passage("d", "One two three four five six seven", "Text long enough to be a positive at all, surely."),
+        Passage("e", "Aspirin lowers the risk of  STROKE.", "A second chunk of the same document, with its title."),
+    ]
+    config = PseudoQueryConfig(method="title", min_passage_words=4, min_query_words=3, max_query_words=5,
+                               min_positive_words=4)
+    examples, stats = make_pseudo_examples(passages, config)
+    assert [ex.qid for ex in examples] == ["title:a", "title:d"]
+    a, d = examples
+    assert a.question == "Aspirin lowers the risk of"                        # max_query_words
+    assert a.positives == (Passage("a", "", passages[0].text, doc_id="d1", metadata={"year": 2001}),)
+    assert d.question == "One two three four five"
+    # b has no title; c's title is inside its text; e repeats a's title (case and spaces aside)
+    assert stats.skipped == {NO_TITLE: 1, QUERY_IN_POSITIVE: 1, DUPLICATE_TITLE: 1}
+    # deterministic and seed-free: the title is the title
+    assert make_pseudo_examples(passages, replace(config, seed=9))[0] == examples
 
 
 def test_max_examples_samples_deterministically() -> None:

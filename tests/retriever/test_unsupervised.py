@@ -2,6 +2,7 @@
 pseudo queries judged by their source passage, never mined against their own source."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from retriever.batching import make_batches
 from retriever.checkpoint import resume_progress
 from retriever.mining import mine_hard_negatives, rank_with_bm25
 from retriever.train import train
-from retriever.train_config import TRAIN_LOG_FILE, TrainConfig
+from retriever.train_cli import add_arguments, config_from_args
+from retriever.train_config import RECIPE_DEFAULTS, TRAIN_LOG_FILE, TrainConfig
 from retriever.train_setup import load_data
+from retriever.unsupervised import pseudo_method
 from retriever.validation import relevance
 
 TINY = ["--query-max-length", "32", "--passage-max-length", "64", "--no-progress", "--epochs", "1",
@@ -38,7 +41,7 @@ def kb_file(small_nq: tuple[Path, Path], tmp_path: Path) -> Path:
 
 def _config(tiny_base: Path, kb_file: Path, out: Path, **kw) -> TrainConfig:
     base = dict(unsupervised=True, kb=(str(kb_file),), out=str(out), model=str(tiny_base), epochs=1, batch_size=8,
-                lr=1e-3, query_max_length=32, passage_max_length=64, eval_batch_size=32, pseudo_val=6)
+                lr=1e-3, pseudo_method="ict", hard_negatives="model", query_max_length=32, passage_max_length=64, eval_batch_size=32, pseudo_val=6)
     return TrainConfig(**{**base, **kw})
 
 
@@ -141,7 +144,7 @@ def test_refusals_name_the_flag(tiny_base: Path, small_nq: tuple[Path, Path], kb
         _config(tiny_base, kb_file, tmp_path / "m", hard_negatives="file")
     with pytest.raises(ValueError, match="--pseudo-val must be >= 1"):
         _config(tiny_base, kb_file, tmp_path / "m", pseudo_val=0)
-    with pytest.raises(ValueError, match="pseudo_method must be one of"):
+    with pytest.raises(ValueError, match="pseudo_method must be auto or one of"):
         _config(tiny_base, kb_file, tmp_path / "m", pseudo_method="cloze")
     with pytest.raises(ValueError, match="train is required"):
         TrainConfig(val=str(small_nq[1]), out=str(tmp_path / "m"))
@@ -153,3 +156,50 @@ def test_refusals_name_the_flag(tiny_base: Path, small_nq: tuple[Path, Path], kb
     assert main(["train", "--unsupervised", "--kb", str(kb_file)]) == 2
     assert "--unsupervised --kb KB --out OUT" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_unsupervised_runs_get_their_own_recipe_unless_told(small_nq: tuple[Path, Path], kb_file: Path,
+                                                             tmp_path: Path) -> None:
+    out = str(tmp_path / "m")
+    supervised = TrainConfig(train=str(small_nq[0]), val=str(small_nq[1]), out=out)
+    unsupervised = TrainConfig(unsupervised=True, kb=(str(kb_file),), out=out)
+    recipe = ("epochs", "lr", "hard_negatives")
+    assert {k: getattr(supervised, k) for k in recipe} == RECIPE_DEFAULTS[False] == \
+        {"epochs": 6, "lr": 1e-4, "hard_negatives": "model"}
+    assert {k: getattr(unsupervised, k) for k in recipe} == RECIPE_DEFAULTS[True] == \
+        {"epochs": 1, "lr": 5e-5, "hard_negatives": "none"}
+    told = TrainConfig(unsupervised=True, kb=(str(kb_file),), out=out, epochs=3, lr=2e-5, hard_negatives="bm25")
+    assert (told.epochs, told.lr, told.hard_negatives) == (3, 2e-5, "bm25")
+    # saved resolved: a reloaded config is the same run
+    assert TrainConfig.from_dict(unsupervised.to_dict()) == unsupervised and unsupervised.to_dict()["epochs"] == 1
+    # flags left out take the recipe; `--hard-negatives none` means in-batch negatives only
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = ["--train", str(small_nq[0]), "--val", str(small_nq[1]), "--out", out]
+    parsed = config_from_args(parser.parse_args([*flags, "--hard-negatives", "none"]))
+    assert (parsed.epochs, parsed.lr, parsed.hard_negatives) == (6, 1e-4, "none")
+
+
+def test_pseudo_method_auto_takes_titles_when_most_passages_have_one() -> None:
+    titled = [Passage(f"t{i}", f"Aspirin lowers the risk {i}", "some text") for i in range(3)]
+    untitled = [Passage(f"u{i}", "" if i % 2 else "Short", "some text") for i in range(3)]
+    assert pseudo_method("auto", titled + untitled) == "title"                 # 3 of 6: half is enough
+    assert pseudo_method("auto", titled[:2] + untitled) == "ict"
+    assert pseudo_method("auto", []) == "ict"
+    assert pseudo_method("crop", titled) == "crop"                             # a method given is kept
+
+
+def test_dpr_train_unsupervised_auto_trains_on_titles(tiny_base: Path, small_nq: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    passages = corpus_from_examples(load_examples(small_nq[0]) + load_examples(small_nq[1]))
+    kb = tmp_path / "titled.jsonl"
+    kb.write_text("".join(json.dumps({"_id": p.pid, "title": f"what the passage {p.pid} says about it",
+                                      "text": p.text}) + "\n" for p in passages))
+    out = tmp_path / "m"
+    assert main(["train", "--unsupervised", "--kb", str(kb), "--val", str(small_nq[1]), "--out", str(out),
+                 "--model", str(tiny_base), *TINY]) == 0
+    log = json.loads((out / TRAIN_LOG_FILE).read_text())
+    config = TrainConfig.load(out)
+    assert config.pseudo_method == "auto" and log["data"]["pseudo_queries"]["method"] == "title"
+    assert config.hard_negatives == "none" and config.epochs == 1         # the unsupervised recipe
+    assert log["data"]["train"] == len(passages)
