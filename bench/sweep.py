@@ -54,11 +54,10 @@ def differences(config: dict[str, Any], baseline: dict[str, Any]) -> dict[str, A
 def split_ndcg(run: dict[str, Any], split: str, k: int = 10) -> dict[str, Any]:
     """nDCG@k of ``run``'s kept model on ``split`` of its validation folder, ranked against the same
     knowledge base its validation used (its --kb, else the folder's corpus); per-query values kept."""
-    import numpy as np
-
     from common.data import load_corpus
     from common.metrics import ndcg_per_query
     from eval.evalset import load_eval_set
+    from eval.retrieve import exact_search
     from retriever.encoder import DualEncoder
 
     config = run["config"]
@@ -68,8 +67,8 @@ def split_ndcg(run: dict[str, Any], split: str, k: int = 10) -> dict[str, Any]:
     encoder.set_precision(run.get("precision") or "fp32")
     p_emb = encoder.encode_passages(kb)                                            # [P, D]
     q_emb = encoder.encode_queries(list(evalset.queries.values()))                 # [Q, D]
-    top = np.argsort(-(q_emb @ p_emb.T), axis=1)[:, :k]                            # [Q, k]
-    ranked = {qid: [kb[j].pid for j in row] for qid, row in zip(evalset.queries, top)}
+    _, top = exact_search(q_emb, p_emb, k)                                         # [Q, k]
+    ranked = {qid: [kb[int(j)].pid for j in row] for qid, row in zip(evalset.queries, top)}
     per_query = ndcg_per_query(evalset.qrels, ranked, k)
     return {"split": split, "queries": len(per_query),
             "ndcg@10": round(100 * sum(per_query.values()) / max(len(per_query), 1), 2),

@@ -390,21 +390,20 @@ def make_pseudo_examples(passages: Sequence[Passage],
             skipped[DUPLICATE_PID] += 1
             continue
         seen.add(p.pid)
-        if cfg.method == "title":
-            # Chunks of one document share its title: one query per title, or the chunks become each
-            # other's in-batch negatives for the same question.
-            key = _normal(p.title)
-            if key and key in titles:
-                skipped[DUPLICATE_TITLE] += 1
-                continue
+        # Chunks of one document share its title: one query per title, or the chunks become each
+        # other's in-batch negatives for the same question.
+        title_key = _normal(p.title) if cfg.method == "title" else ""
+        if title_key and title_key in titles:
+            skipped[DUPLICATE_TITLE] += 1
+            continue
         result = _make_one(p, cfg)
         if isinstance(result, str):
             skipped[result] += 1
             continue
         made[i], single = result
         splits += single
-        if cfg.method == "title":
-            titles.add(_normal(p.title))
+        if title_key:
+            titles.add(title_key)
     examples = [made[i] for i in sorted(made)]
     stats = PseudoQueryStats(passages=len(passages), examined=examined, examples=len(examples),
                              skipped=dict(sorted(skipped.items())), single_sentence_splits=splits)
