@@ -42,7 +42,7 @@ COST_NOTES = {
     "seconds": "wall time: train_seconds inside the training process (train_process_seconds: seen from the "
                "benchmark, starting the process included; the first trained row also starts the process server, "
                "which imports the trainer once), eval_seconds for loading, encoding, searching and scoring "
-               "(BM25: indexing too; hybrid: fusion tuning too)",
+               "(BM25: indexing too; a tuned hybrid: its fusion tuning too)",
 }
 
 
@@ -260,7 +260,7 @@ def print_report(report: Mapping[str, Any]) -> None:
     print(report["table"])
     chosen = report["fusion"]["chosen"]
     notes = table_notes(report["paired"]["baselines"], report["rows"])
-    print(f"\n{notes}\nhybrid fusion {chosen['method']}"
+    print(f"\n{notes}\ntuned hybrid: fusion {chosen['method']}"
           f"{'' if chosen['alpha_dense'] is None else ' alpha_dense=' + format(chosen['alpha_dense'], '.2f')}"
           f" chosen on the {report['fusion']['n_queries']} training questions; "
           f"wall time {report['wall_seconds']}s\nwrote {report['options']['out']}/bench_recall.json, "

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from bench.plot import recall_curve
-from bench.recall import ALPHAS, BenchOptions, run_bench
+from bench.recall import BenchOptions, run_bench
 from bench.recall_data import RECIPES, parse_recipe, plan_rows, split_queries, write_split_folder
+from bench.recall_fusion import ALPHAS
 from bench.recall_report import bench_table
+from common.fusion import FusionConfig
 from eval.bootstrap import paired_bootstrap_diff, paired_randomization_test
 from eval.evalset import load_eval_set
 from retriever.train_config import TrainConfig
@@ -31,13 +33,29 @@ def test_bench_on_nq_files_writes_table_json_and_png(tiny_base: Path, small_nq: 
         return real_tune(dense, sparse, qrels, k)
 
     monkeypatch.setattr(bench, "tune_fusion", spy)
+    fused_with: list[FusionConfig] = []
+    real_fuse = bench.fuse
+
+    def fuse_spy(dense, sparse, k, fusion):
+        fused_with.append(fusion)
+        return real_fuse(dense, sparse, k, fusion)
+
+    monkeypatch.setattr(bench, "fuse", fuse_spy)
     train, val = small_nq
     out = tmp_path / "bench"
     report = run_bench(BenchOptions(train=train, val=val, out=out, model=str(tiny_base), epochs=1,
                                     n_resamples=50, progress=False, train_overrides=TINY_TRAINING))
 
     names = [row["name"] for row in report["rows"]]
-    assert names[:4] == ["zero-shot", "in-batch", "default", "bm25"] and names[4].startswith("hybrid (")
+    assert names[:4] == ["zero-shot", "in-batch", "default", "bm25"] and names[5].startswith("hybrid (")
+    # The no-label row: the zero-shot run fused by the product's default fusion, which nothing tuned.
+    shipped = FusionConfig()
+    no_labels = report["rows"][4]
+    assert no_labels["name"] == f"hybrid (zero-shot + bm25, default interp a={shipped.alpha:.2f})"
+    assert no_labels["dense"] == "zero-shot" and no_labels["no_labels"] and no_labels["fusion"]["tuned_on"] is None
+    chosen = report["fusion"]["chosen"]
+    assert fused_with == [shipped, FusionConfig(method="interp", alpha=chosen["alpha_dense"])
+                          if chosen["method"] == "interp" else FusionConfig(method="rrf")]
     # The fusion weight was chosen on the training questions, none of the held-out ones.
     train_q, val_q = set(load_eval_set(train).queries), set(load_eval_set(val).queries)
     assert tuned_on == [train_q] and not tuned_on[0] & val_q
