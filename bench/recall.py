@@ -336,8 +336,8 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
     rows.append({"name": "bm25", "kind": "bm25", "library": "bm25s", "k1": 0.9, "b": 0.4,
                  "seconds": round(m.seconds, 1), "cost": _cost(m), **scores})
 
-    # What a user with no labelled question gets from `dpr serve --mode hybrid` over the untrained
-    # encoder: the product's default fusion, no weight tuned on any question of this data.
+    # What a user with no labelled question gets from `dpr serve`'s default (hybrid) search over the
+    # untrained encoder: the shipped fusion, no weight tuned on any question of this data.
     zero_shot = next((r["name"] for r in rows if r["kind"] == "dense" and r["recipe"].get("zero_shot")), None)
     if zero_shot is not None:
         fusion = FusionConfig()
