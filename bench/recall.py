@@ -36,7 +36,7 @@ from bench.recall_data import (
     plan_rows,
     prepare,
 )
-from bench.recall_fusion import fusion_label, tune_fusion
+from bench.recall_fusion import fusion_choice, fusion_label, tune_fusion
 from bench.recall_report import (
     COST_NOTES,
     add_paired_tests,
@@ -343,7 +343,7 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
         fusion = FusionConfig()
         rows.append(_hybrid_row(f"hybrid ({zero_shot} + bm25, default {fusion_label(fusion)})", zero_shot, fusion,
                                 runs, test.qrels, depth, options, answers,
-                                {"fusion": {"chosen": fusion.describe(), "tuned_on": None}, "no_labels": True}))
+                                {"fusion": {"chosen": fusion_choice(fusion), "tuned_on": None}, "no_labels": True}))
 
     # The best dense row by held-out Recall@5 (MRR@10 breaks ties): every row is in the table, so the
     # choice hides nothing; the fusion weight itself never sees a held-out question.

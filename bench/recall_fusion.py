@@ -17,6 +17,11 @@ def fusion_label(fusion: FusionConfig) -> str:
     return f"interp a={fusion.alpha:.2f}" if fusion.method == "interp" else f"rrf k={fusion.rrf_k}"
 
 
+def fusion_choice(fusion: FusionConfig) -> dict[str, Any]:
+    """How a report records a hybrid row's fusion (``chosen``, and each entry of the tuning grid)."""
+    return {"method": fusion.method, "alpha_dense": fusion.alpha if fusion.method == "interp" else None}
+
+
 def tune_fusion(dense: Retrieval, sparse: Retrieval, qrels: Mapping[str, Any], k: int) -> dict[str, Any]:
     """Pick the fusion (interp alpha, or RRF) with the best Recall@5, then MRR@10, on these queries.
 
@@ -28,8 +33,8 @@ def tune_fusion(dense: Retrieval, sparse: Retrieval, qrels: Mapping[str, Any], k
     grid, best = [], None
     for fusion in candidates:
         run = fuse(dense, sparse, k, fusion).run
-        entry = {"method": fusion.method, "alpha_dense": fusion.alpha if fusion.method == "interp" else None,
-                 "recall@5": recall_at_k(qrels, run, 5), "mrr@10": mrr_at_k(qrels, run, RANK_CUTOFF)}
+        entry = {**fusion_choice(fusion), "recall@5": recall_at_k(qrels, run, 5),
+                 "mrr@10": mrr_at_k(qrels, run, RANK_CUTOFF)}
         grid.append(entry)
         if best is None or (entry["recall@5"], entry["mrr@10"]) > (best["recall@5"], best["mrr@10"]):
             best = entry

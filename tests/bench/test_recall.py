@@ -53,6 +53,9 @@ def test_bench_on_nq_files_writes_table_json_and_png(tiny_base: Path, small_nq: 
     no_labels = report["rows"][4]
     assert no_labels["name"] == f"hybrid (zero-shot + bm25, default interp a={shipped.alpha:.2f})"
     assert no_labels["dense"] == "zero-shot" and no_labels["no_labels"] and no_labels["fusion"]["tuned_on"] is None
+    # Recorded in the tuned row's shape, so one reader serves both hybrid rows.
+    assert no_labels["fusion"]["chosen"] == {"method": shipped.method, "alpha_dense": shipped.alpha}
+    assert report["fusion"]["chosen"].keys() >= no_labels["fusion"]["chosen"].keys()
     chosen = report["fusion"]["chosen"]
     assert fused_with == [shipped, FusionConfig(method="interp", alpha=chosen["alpha_dense"])
                           if chosen["method"] == "interp" else FusionConfig(method="rrf")]
