@@ -6,7 +6,8 @@ benchmark JSON in ``docs/results/`` so a figure in the docs can never drift from
 
 A generated block sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each one
 ends with the command and the date of the run it shows. To publish a new run, copy its JSON to
-``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``, ``train-step.json``, ``dev-sweep.json``, ``dev-sweep-unsupervised.json``) and run this.
+``docs/results/`` (``recall.json``, ``speed.json``, ``reliability.json``, ``merge.json``, ``live.json``, ``latency.json``, ``recall-scifact.json``, ``train-step.json``, ``dev-sweep.json``, ``dev-sweep-unsupervised.json``, the two
+``dpr eval`` reports ``eval-scifact-sentences.json`` and ``eval-scifact-whole.json``) and run this.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench.docs_sentences import sentence_index_block, sentence_index_line
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
@@ -385,6 +388,10 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "dev-sweep": lambda: sweep_block(_load("dev-sweep")),
     "dev-sweep-unsupervised": lambda: sweep_block(_load("dev-sweep-unsupervised")),
     "live-details": lambda: live_details(_load("live")),
+    "sentence-index": lambda: sentence_index_block(_load("eval-scifact-sentences"), _load("eval-scifact-whole")),
+    "sentence-index-short": lambda: sentence_index_block(_load("eval-scifact-sentences"), _load("eval-scifact-whole"),
+                                                         short=True),
+    "sentence-index-line": lambda: sentence_index_line(_load("eval-scifact-sentences"), _load("eval-scifact-whole")),
 }
 
 

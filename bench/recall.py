@@ -1,9 +1,11 @@
 """The recall benchmark behind ``dpr bench recall`` (also ``python -m bench.recall``).
 
 One run, one machine. The dense rows are named recipes (:data:`RECIPES`, plus ``--recipe``): by
-default the zero-shot encoder, in-batch negatives and in-batch + model-mined hard negatives; then
-BM25; the zero-shot row fused with BM25 by the product's default fusion (what ``dpr serve`` searches
-by default over an untrained model: a user with no labelled question gets this, tuned on nothing);
+default the zero-shot encoder, in-batch negatives and in-batch + model-mined hard negatives (a row
+with a ``chunk`` spec searches the knowledge base cut into pieces, by document, as an index built with
+``dpr index --chunk`` does); then BM25; each zero-shot row fused with BM25 by the product's default
+fusion (what ``dpr serve`` searches by default over an untrained model: a user with no labelled
+question gets this, tuned on nothing);
 and the hybrid of the best dense row with BM25, whose method and weight are chosen on the TRAINING
 questions (ranked in the same knowledge base), never on the held-out ones. Every row is paired-tested
 against the zero-shot and the in-batch rows (``--compare-to``) on the same held-out
@@ -47,14 +49,12 @@ from bench.recall_report import (
     table_notes,
     train_in_subprocess,
 )
+from bench.recall_search import encode_and_search
 from bench.reuse import (
     VECTORS_DIR,
-    cached_vectors,
     finished_training,
     record_training,
-    store_vectors,
     training_key,
-    vectors_key,
 )
 from common.data import Passage
 from common.files import atomic_write_text, write_json
@@ -63,7 +63,7 @@ from common.fusion import FusionConfig
 from eval.bootstrap import DEFAULT_RESAMPLES
 from eval.evaluate import DEFAULT_KS, RANK_CUTOFF, evaluate_run
 from eval.report import hash_paths, library_versions
-from eval.retrieve import Retrieval, _from_rows, exact_search, fuse, retrieve_with_bm25
+from eval.retrieve import Retrieval, fuse, retrieve_with_bm25
 
 logger = logging.getLogger(__name__)
 
@@ -134,35 +134,6 @@ class BenchOptions:
         return d
 
 
-def _encode_and_search(encoder: Any, kb: Sequence[Passage], query_sets: Sequence[Mapping[str, str]], k: int,
-                       batch_size: int, progress: bool, cache: Path | None = None) -> list[Retrieval]:
-    """Encode the knowledge base once (or take its vectors from ``cache``, :mod:`bench.reuse`) and rank
-    it for each query set."""
-    start = time.perf_counter()
-    key = vectors_key(encoder, kb) if cache is not None else None
-    hit = cached_vectors(cache, key) if cache is not None else None
-    if hit is not None:
-        p_emb, earlier = hit
-        logger.info("%s: reusing the passage vectors of the same model and passages", cache)
-        timings = {**earlier, "vectors_reused": True}
-    else:
-        p_emb = encoder.encode_passages(kb, batch_size=batch_size, progress=progress)
-        encode_s = time.perf_counter() - start
-        timings = {"encode_passages_s": round(encode_s, 3), "passages_per_s": round(len(kb) / encode_s, 1)}
-        if cache is not None:
-            store_vectors(cache, key, p_emb, timings)
-    vectors_s = time.perf_counter() - start
-    out = []
-    for queries in query_sets:
-        t0 = time.perf_counter()
-        q_emb = encoder.encode_queries(list(queries.values()), batch_size=batch_size, progress=progress)
-        retrieval = _from_rows(list(queries), *exact_search(q_emb, p_emb, k), kb)
-        retrieval.seconds = vectors_s + time.perf_counter() - t0
-        retrieval.timings = dict(timings)
-        out.append(retrieval)
-    return out
-
-
 def model_refs(options: BenchOptions, registry: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """The model each row evaluates (and a ``start_from`` row trains from): the base, or its training output."""
     return {name: (str(recipe.get("model", options.model)) if recipe.get("zero_shot")
@@ -178,7 +149,7 @@ def row_config(options: BenchOptions, data: BenchData, name: str, recipe: Mappin
     values: dict[str, Any] = {"model": options.model, "seed": options.seed,
                               **({} if options.epochs is None else {"epochs": options.epochs}),
                               **options.train_overrides}
-    overrides = {k: v for k, v in recipe.items() if k not in ("zero_shot", "start_from")}
+    overrides = {k: v for k, v in recipe.items() if k not in ("zero_shot", "start_from", "chunk")}
     parent = recipe.get("start_from")
     if parent is not None:
         values["model"] = refs[parent]
@@ -210,9 +181,9 @@ def row_config(options: BenchOptions, data: BenchData, name: str, recipe: Mappin
 def _zero_shot_overrides(options: BenchOptions, name: str, recipe: Mapping[str, Any]) -> dict[str, Any]:
     from retriever.train_config import ENCODER_FIELDS
 
-    extra = sorted(set(recipe) - {"zero_shot", "model", *ENCODER_FIELDS})
+    extra = sorted(set(recipe) - {"zero_shot", "model", "chunk", *ENCODER_FIELDS})
     if extra:
-        raise ValueError(f"row {name} is zero_shot (no training): only model and encoder fields "
+        raise ValueError(f"row {name} is zero_shot (no training): only model, chunk and encoder fields "
                          f"({', '.join(ENCODER_FIELDS)}) apply, not {', '.join(extra)}")
     # The benchmark-wide encoder options are for --model; a recipe naming its own model gets only its own.
     base = {} if "model" in recipe else {k: v for k, v in options.train_overrides.items()
@@ -313,16 +284,18 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
             encoder = load_encoder(refs[name], **encoder_options.get(name, {}))
             same_kb = data.tune_kb is data.kb
             vectors = options.out / VECTORS_DIR / name
-            found = _encode_and_search(encoder, data.kb, [test.queries] + ([tune.queries] if same_kb else []),
-                                       depth, options.batch_size, options.progress, vectors / "kb")
+            chunk = recipe.get("chunk")
+            found = encode_and_search(encoder, data.kb, [test.queries] + ([tune.queries] if same_kb else []),
+                                       depth, options.batch_size, options.progress, vectors / "kb", chunk)
             runs[name] = found[0]
-            train_runs[name] = found[1] if same_kb else _encode_and_search(
+            train_runs[name] = found[1] if same_kb else encode_and_search(
                 encoder, data.tune_kb, [tune.queries], depth, options.batch_size, options.progress,
-                vectors / "tune-kb")[0]
+                vectors / "tune-kb", chunk)[0]
             del encoder
             scores = _score(test.qrels, runs[name], options.ks, options, answers)
         cost = {**_cost(m, trained), "eval_vectors_reused": bool(runs[name].timings.get("vectors_reused")),
-                "eval_encode_passages_s": runs[name].timings.get("encode_passages_s")}
+                "eval_encode_passages_s": runs[name].timings.get("encode_passages_s"),
+                **({"eval_pieces": runs[name].timings.get("pieces")} if "chunk" in recipe else {})}
         rows.append({"name": name, "kind": "dense", "model": model_ref(refs[name]), "recipe": recipe,
                      "starts_from": recipe.get("start_from"), "unsupervised": bool(recipe.get("unsupervised")),
                      "seconds": round((cost["train_seconds"] or 0) + cost["eval_seconds"], 1), "cost": cost,
@@ -337,9 +310,13 @@ def run_bench(options: BenchOptions, command: str | None = None) -> dict[str, An
                  "seconds": round(m.seconds, 1), "cost": _cost(m), **scores})
 
     # What a user with no labelled question gets from `dpr serve`'s default (hybrid) search over the
-    # untrained encoder: the shipped fusion, no weight tuned on any question of this data.
-    zero_shot = next((r["name"] for r in rows if r["kind"] == "dense" and r["recipe"].get("zero_shot")), None)
-    if zero_shot is not None:
+    # untrained encoder: the shipped fusion, no weight tuned on any question of this data. One per
+    # zero-shot row of --model (one naming its own model may be a trained one), except chunked rows:
+    # the server fuses passages before it groups them by document, which a by-document run cannot
+    # reproduce (`dpr eval --index DIR --bm25 --hybrid interp` measures an index built with --chunk).
+    label_free = [r["name"] for r in rows if r["kind"] == "dense" and r["recipe"].get("zero_shot")
+                  and "model" not in r["recipe"] and "chunk" not in r["recipe"]]
+    for zero_shot in label_free:
         fusion = FusionConfig()
         rows.append(_hybrid_row(f"hybrid ({zero_shot} + bm25, default {fusion_label(fusion)})", zero_shot, fusion,
                                 runs, test.qrels, depth, options, answers,

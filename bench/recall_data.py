@@ -25,6 +25,7 @@ import numpy as np
 from common.data import DataError, Passage, is_beir_dir, load_corpus, read_qrels
 from common.files import atomic_dir
 from eval.evalset import EvalSet, default_kb, load_eval_set
+from indexer.chunking import ChunkSpec
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +130,16 @@ def prepare(train: Path, val: Path, out: Path, seed: int, train_split: str = "tr
 #                          run too, and runs first
 #   "unsupervised": true   passed on as the TrainConfig override unsupervised=True, with kb = the
 #                          benchmark's knowledge base (data/kb.jsonl): the trainer uses no training questions
+#   "chunk": "SPEC"        search the knowledge base cut by SPEC (indexer.chunking, as `dpr index --chunk`),
+#                          each passage record a document ranked by its best piece; training is unchanged
 # A recipe is checked against TrainConfig only when its row runs (before any row trains), so entries
 # may use fields this checkout's trainer does not have yet. --recipe NAME:JSON adds or replaces one.
 # Rows measured on SciFact (docs/training.md): "default" is whatever `dpr train` does by default
 # (re-mined hard negatives), the others say what they change from it.
 RECIPES: dict[str, dict[str, Any]] = {
     "zero-shot": {"zero_shot": True},
+    # The untrained model over a sentence index: a label-free option (`dpr index --chunk sentences:1`).
+    "zero-shot-sentences": {"zero_shot": True, "chunk": "sentences:1"},
     "in-batch": {"hard_negatives": "none"},
     "in-batch+hard": {"hard_negatives": "model", "num_hard_negatives": 1, "remine_every": 0},
     # dpr train's defaults until 2026-12-07: the same negatives, 2 epochs at 2e-5, the checkpoint's dropout.
@@ -151,7 +156,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 DEFAULT_ROWS = ("zero-shot", "in-batch", "default")
 DEFAULT_BASELINES = ("zero-shot", "in-batch")
-RECIPE_KEYS = ("zero_shot", "start_from", "unsupervised")
+RECIPE_KEYS = ("zero_shot", "start_from", "unsupervised", "chunk")
 # TrainConfig fields the benchmark sets itself: the data and where the model goes.
 BENCH_FIELDS = ("train", "val", "out", "train_split", "val_split")
 RECIPE_EXAMPLE = """--recipe 'window:{"negative_ranks":"10:100"}'"""
@@ -175,6 +180,14 @@ def check_recipe(name: str, recipe: Any) -> dict[str, Any]:
         raise ValueError(f"recipe {name}: a zero_shot row trains nothing: it cannot have start_from or unsupervised")
     if parent is not None and "model" in recipe:
         raise ValueError(f"recipe {name}: start_from sets the model (that row's); drop model")
+    if "chunk" in recipe:
+        if not isinstance(recipe["chunk"], str):
+            raise ValueError(f"recipe {name}: chunk must be a spec string such as \"sentences:1\", got "
+                             f"{recipe['chunk']!r}")
+        try:
+            ChunkSpec.parse(recipe["chunk"])
+        except ValueError as e:
+            raise ValueError(f"recipe {name}: {e}") from None
     owned = sorted(set(recipe) & set(BENCH_FIELDS))
     if owned:
         raise ValueError(f"recipe {name}: the benchmark sets {', '.join(owned)} itself (from --train, --val, "

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser, argv: object = ()) -> None:
                                       "DIR/current switches to it atomically; with --shard, the shard directory")
     parser.add_argument("--chunk", metavar="SPEC", default=None,
                         help="the KB holds documents ({id, title, text, metadata}): cut each into passages of "
-                             "words:N (or words:N:STRIDE to overlap; tokens:N[:STRIDE] in model tokens), keeping "
+                             "words:N (or words:N:STRIDE to overlap; tokens:N[:STRIDE] in model tokens; "
+                             "sentences:N[:STRIDE] in sentences), keeping "
                              "doc_id, character offsets and metadata. Default: records are passages")
     parser.add_argument("--reload-url", metavar="URL", default=None,
                         help="compact: then POST URL/admin/reload (token from DPR_ADMIN_TOKEN) so the server swaps in "

@@ -97,6 +97,26 @@ def exact_search(query_emb: np.ndarray, passage_emb: np.ndarray, k: int,
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def exact_search_by_group(query_emb: np.ndarray, passage_emb: np.ndarray, starts: np.ndarray, k: int,
+                          progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k groups of passages (a document's passages) by their best passage's inner product.
+
+    Group g is rows ``starts[g]:starts[g + 1]`` of ``passage_emb`` (the last runs to the end), so a
+    group's rows are contiguous, ``starts`` is increasing and begins at 0. Returns ``(scores, groups)``
+    [n, min(k, G)] as :func:`exact_search` does for passages: a document scores as its best passage.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    if len(starts) == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= len(passage_emb):
+        raise ValueError(f"group starts must begin at 0 and increase within the {len(passage_emb)} passages")
+    chunk = max(1, SCORE_CELLS // max(1, len(passage_emb)))
+    k = min(k, len(starts))
+    parts = [top_k(np.maximum.reduceat(query_emb[i:i + chunk] @ passage_emb.T, starts, axis=1), k)  # [c, G]
+             for i in tqdm(range(0, len(query_emb), chunk), desc="search", unit="chunk", disable=not progress)]
+    if not parts:
+        return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def retrieve_with_model(encoder: DualEncoder, passages: Sequence[Passage], queries: Mapping[str, str], k: int,
                         batch_size: int = 64, progress: bool = True) -> Retrieval:
     """Encode the KB and the queries, then exact top-k by matrix product."""

@@ -290,8 +290,28 @@ def test_dpr_bench_recall_command(tiny_base: Path, small_nq: tuple[Path, Path], 
     assert "--recipe window: not valid JSON" in capsys.readouterr().err
 
 
+def test_chunked_rows_rank_documents_by_their_best_piece(tiny_base: Path, small_nq: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    """A row whose pieces are its passages whole ranks exactly as the zero-shot row (the by-document
+    path changes nothing else); a sentence row cuts them finer and still ranks the same documents."""
+    train, val = small_nq
+    recipes = ('whole:{"zero_shot": true, "chunk": "words:100000"}',
+               f'named:{{"zero_shot": true, "model": "{tiny_base}"}}')
+    report = run_bench(BenchOptions(train=train, val=val, out=tmp_path / "b", model=str(tiny_base), n_resamples=20,
+                                    progress=False, rows=("zero-shot", "zero-shot-sentences", "whole", "named"),
+                                    recipes=recipes, train_overrides=TINY_TRAINING))
+    rows = {row["name"]: row for row in report["rows"]}
+    kb = report["data"]["kb_passages"]
+    assert rows["whole"]["vs"]["zero-shot"]["ndcg@10"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+    assert rows["whole"]["per_query"] == rows["zero-shot"]["per_query"] and rows["whole"]["cost"]["eval_pieces"] == kb
+    assert rows["zero-shot-sentences"]["cost"]["eval_pieces"] > kb and "eval_pieces" not in rows["zero-shot"]["cost"]
+    assert rows["zero-shot-sentences"]["metrics"]["recall@100"]["value"] > 0
+    # A label-free hybrid per unchunked zero-shot row of --model; "named" could be a trained model.
+    assert [row["dense"] for row in report["rows"] if row.get("no_labels")] == ["zero-shot"]
+
+
 def test_bench_options_refuse_unknown_rows_and_epochs() -> None:
-    with pytest.raises(ValueError, match="unknown row.s. colbert; known rows: zero-shot, in-batch, in-batch.hard, "
+    with pytest.raises(ValueError, match="unknown row.s. colbert; known rows: zero-shot, zero-shot-sentences, in-batch, in-batch.hard, "
                                          "previous-default, default, distill, unsupervised, unsupervised-ict, unsupervised.supervised"):
         BenchOptions(rows=("zero-shot", "colbert"))
     with pytest.raises(ValueError, match="--rows: no row given"):
@@ -328,6 +348,8 @@ def test_recipe_flag_parsing() -> None:
     ('w:{"zero_shot": true, "start_from": "in-batch"}', "a zero_shot row trains nothing"),
     ('w:{"start_from": "in-batch", "model": "m"}', "start_from sets the model"),
     ('w:{"out": "elsewhere"}', "the benchmark sets out itself"),
+    ('w:{"zero_shot": true, "chunk": 1}', "chunk must be a spec string"),
+    ('w:{"zero_shot": true, "chunk": "lines:3"}', "recipe w: chunk spec 'lines:3': unknown unit 'lines'"),
 ])
 def test_malformed_recipes_are_refused(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

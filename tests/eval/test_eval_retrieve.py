@@ -6,7 +6,7 @@ import pytest
 
 from common.data import Passage
 from common.fusion import FusionConfig
-from eval.retrieve import Retrieval, exact_search, fuse, retrieve_with_bm25, top_k
+from eval.retrieve import Retrieval, exact_search, exact_search_by_group, fuse, retrieve_with_bm25, top_k
 
 
 def test_top_k_breaks_ties_by_column() -> None:
@@ -47,3 +47,20 @@ def test_bm25_and_fusion_runs() -> None:
     assert hybrid.run["qa"][0] == "p1"
     assert len(hybrid.run["qa"]) == 2
     assert hybrid.texts["qa"][0] == "a"                              # dense's text wins for a shared id
+
+
+def test_search_by_group_scores_a_document_by_its_best_passage(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3 documents of 2, 1 and 3 passages; hand-made inner products.
+    p = np.eye(6, dtype=np.float32)
+    q = np.array([[0.1, 0.2, 0.5, 0.0, 0.9, 0.3],      # doc 2 (0.9) > doc 1 (0.5) > doc 0 (0.2)
+                  [0.7, 0.0, 0.7, 0.1, 0.2, 0.0]], dtype=np.float32)   # doc 0 and doc 1 tie at 0.7
+    scores, groups = exact_search_by_group(q, p, np.array([0, 2, 3]), 3)
+    assert groups.tolist() == [[2, 1, 0], [0, 1, 2]]    # a tie goes to the lower document
+    assert np.allclose(scores, [[0.9, 0.5, 0.2], [0.7, 0.7, 0.2]])
+    assert exact_search_by_group(q, p, np.array([0, 2, 3]), 10)[1].shape == (2, 3)
+    # One passage per group is plain passage search; query chunking changes nothing.
+    monkeypatch.setattr("eval.retrieve.SCORE_CELLS", 6)
+    assert exact_search_by_group(q, p, np.arange(6), 4)[1].tolist() == exact_search(q, p, 4)[1].tolist()
+    for starts in ([1, 3], [0, 3, 3], [0, 6], []):
+        with pytest.raises(ValueError, match="group starts must begin at 0 and increase"):
+            exact_search_by_group(q, p, np.array(starts, dtype=np.int64), 2)

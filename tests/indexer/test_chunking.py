@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from common.data import DataError
+from common.data import DataError, Passage
 from common.documents import Document
-from indexer.chunking import ChunkSpec, check_token_window, chunk_document, chunk_documents
+from indexer.chunking import ChunkSpec, check_token_window, chunk_document, chunk_documents, chunk_passages
 
 
 def _words(text: str) -> list[str]:
@@ -35,6 +35,8 @@ def _check_offsets(doc: Document, passages: list) -> None:
     ("tokens:200", "tokens", 200, 200, "tokens:200"),
     ("tokens:200:100", "tokens", 200, 100, "tokens:200:100"),
     ("words:1", "words", 1, 1, "words:1"),
+    ("sentences:1", "sentences", 1, 1, "sentences:1"),
+    ("Sentences:3:1", "sentences", 3, 1, "sentences:3:1"),
 ])
 def test_spec_parse_and_str(spec: str, unit: str, size: int, stride: int, canonical: str) -> None:
     parsed = ChunkSpec.parse(spec)
@@ -44,7 +46,7 @@ def test_spec_parse_and_str(spec: str, unit: str, size: int, stride: int, canoni
 
 
 @pytest.mark.parametrize(("spec", "pattern"), [
-    ("sentences:3", r"unknown unit 'sentences'"),
+    ("sentence:3", r"unknown unit 'sentence'"),
     ("chars:100", r"unknown unit 'chars'"),
     ("words", r"expected UNIT:SIZE"),
     ("words:1:1:1", r"expected UNIT:SIZE"),
@@ -248,3 +250,42 @@ def test_check_token_window() -> None:
         check_token_window(ChunkSpec.parse("tokens:255"), 256)
     with pytest.raises(ValueError, match=r"largest size allowed is 126"):
         check_token_window(ChunkSpec.parse("tokens:256:128"), 128)
+
+
+# ----------------------------------------------------------------------------- sentences
+
+ABSTRACT = ("Dr. Smith measured 3.5 mg of aspirin. Levels rose sharply (p < 0.01)!  Was it dose dependent? "
+            "Yes, in mice.\nNo effect in rats")
+
+
+def test_sentence_windows_are_exact_sentences() -> None:
+    doc = Document("a1", "A title", ABSTRACT, metadata={"year": 2001})
+    passages = chunk_document(doc, ChunkSpec.parse("sentences:1"))
+    _check_offsets(doc, passages)
+    assert [p.text for p in passages] == ["Dr. Smith measured 3.5 mg of aspirin.", "Levels rose sharply (p < 0.01)!",
+                                          "Was it dose dependent?", "Yes, in mice.", "No effect in rats"]
+    assert [p.pid for p in passages] == [f"a1#{i}" for i in range(5)]
+
+
+def test_sentence_windows_overlap_by_size_minus_stride() -> None:
+    doc = Document("a1", "", ABSTRACT)
+    passages = chunk_document(doc, ChunkSpec.parse("sentences:2:1"))
+    _check_offsets(doc, passages)
+    assert [p.text for p in passages] == [
+        "Dr. Smith measured 3.5 mg of aspirin. Levels rose sharply (p < 0.01)!",
+        "Levels rose sharply (p < 0.01)!  Was it dose dependent?",
+        "Was it dose dependent? Yes, in mice.",
+        "Yes, in mice.\nNo effect in rats"]
+    # A document of one sentence (or none ending in a mark) is one passage, the whole stripped text.
+    [one] = chunk_document(Document("b", "", "  no full stop here  "), ChunkSpec.parse("sentences:3"))
+    assert one.text == "no full stop here" and (one.start, one.end) == (2, 19)
+
+
+def test_chunk_passages_groups_pieces_by_record() -> None:
+    records = [Passage("p1", "T1", "One. Two. Three."), Passage("p2", "T2", "Alone"), Passage("p3", "", "Cells grew. Mice died.")]
+    pieces, starts = chunk_passages(records, ChunkSpec.parse("sentences:1"))
+    assert [p.pid for p in pieces] == ["p1#0", "p1#1", "p1#2", "p2#0", "p3#0", "p3#1"]
+    assert starts == [0, 3, 4]
+    assert [p.title for p in pieces] == ["T1"] * 3 + ["T2", "", ""]
+    with pytest.raises(DataError, match="duplicate passage id 'p1#0'"):
+        chunk_passages([records[0], records[0]], ChunkSpec.parse("sentences:1"))

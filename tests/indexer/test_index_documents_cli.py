@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common.sentences import split_sentences
 from driver.main import main
 from indexer import SearchIndex
 from indexer.builds import current_build
@@ -189,6 +190,24 @@ def test_chunk_with_a_stride_overlaps(model: Path, docs_file: Path, built: Path,
     for parts in per_doc.values():
         assert all(b.start < a.end for a, b in zip(parts, parts[1:]))           # consecutive windows share words
         assert all(_words(a.text, 20, 40) == _words(b.text, 0, 20) for a, b in zip(parts, parts[1:]))
+
+
+def test_sentence_index_and_its_live_updates_cut_at_sentences(model: Path, docs_file: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sentences"
+    assert _index(model, docs_file, out, "--chunk", "sentences:1", "--no-bm25") == 0
+    assert _manifest(out)["documents"]["chunk"] == "sentences:1"
+    fresh = _document("fresh", 40, 2, "news", 2024)
+    assert _dpr_kb(out, "upsert", str(_write_jsonl(tmp_path / "new.jsonl", [fresh]))) == 0
+    assert "1 new" in capsys.readouterr().out
+    with _Live(out) as live:
+        kb = _knowledge_base(live)
+    for doc in [*DOCS, fresh]:
+        parts = sorted((pid for pid in kb if kb[pid][0] == doc["id"]), key=lambda pid: int(pid.split("#")[1]))
+        # The build and the live segment cut alike: each passage one sentence of the document, in order.
+        assert [kb[pid][2] for pid in parts] == split_sentences(doc["text"]), doc["id"]
+        assert all(doc["text"][kb[pid][3]:kb[pid][4]] == kb[pid][2] for pid in parts)
+        assert len(parts) > 2
 
 
 @pytest.mark.parametrize("spec", ["words:0", "lines:5", "words:10:20"])

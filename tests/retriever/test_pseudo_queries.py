@@ -22,7 +22,6 @@ from retriever.pseudo_queries import (
     PseudoQueryConfig,
     crop_bounds,
     make_pseudo_examples,
-    split_sentences,
 )
 
 METHODS = ("ict", "crop")        # the seeded ones; "title" draws nothing
@@ -152,24 +151,6 @@ def test_too_short_and_duplicate_passages_are_skipped_and_counted() -> None:
         assert [ex.qid for ex in examples] == [f"{method}:g"]
         assert stats.skipped == {TOO_SHORT: 2, DUPLICATE_PID: 1}
         assert stats.total_skipped == 3 and stats.examples == 1 and stats.passages == stats.examined == 4
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Dr. Smith went to Washington. He stayed.", ["Dr. Smith went to Washington.", "He stayed."]),
-    ("It grew 3.5 times in 2010. Then it fell to 0.016 p.", ["It grew 3.5 times in 2010.", "Then it fell to 0.016 p."]),
-    ("Fruits, e.g. Apples, are sweet. Nuts are not!", ["Fruits, e.g. Apples, are sweet.", "Nuts are not!"]),
-    ("He moved to the U.S. Army base. Then left.", ["He moved to the U.S. Army base.", "Then left."]),
-    ("Smith et al. (2019) agree. See Fig. 2 for details.", ["Smith et al. (2019) agree.", "See Fig. 2 for details."]),
-    ("It cost approx. five dollars. Was it? Yes.", ["It cost approx. five dollars.", "Was it?", "Yes."]),
-    ('He said "Stop." Then he left (quickly.) And so.', ['He said "Stop."', "Then he left (quickly.)", "And so."]),
-    ("Work by J. R. R. Tolkien. We rely on. Answers vary.", ["Work by J. R. R. Tolkien.", "We rely on.", "Answers vary."]),
-    ("Apple Inc. is big. It grew.", ["Apple Inc. is big.", "It grew."]),
-    ("Answer: no. The end. Ref. 3 says so.", ["Answer: no.", "The end.", "Ref. 3 says so."]),
-    ("No trailing period here", ["No trailing period here"]),
-    ("", []),
-])
-def test_sentence_splitter(text: str, expected: list[str]) -> None:
-    assert split_sentences(text) == expected
 
 
 @pytest.mark.parametrize(("lo", "hi", "max_q"), [(0.1, 0.5, 64), (0.2, 0.3, 64), (0.25, 0.25, 64), (0.1, 0.5, 12)])
