@@ -27,8 +27,8 @@ def encode_and_search(encoder: Any, kb: Sequence[Passage], query_sets: Sequence[
     pieces, starts = kb, None
     if chunk is not None:
         spec = ChunkSpec.parse(chunk)
-        pieces, starts = chunk_passages(kb, spec, encoder.tokenizer if spec.unit == "tokens" else None)
         check_token_window(spec, encoder.config.passage_max_length)
+        pieces, starts = chunk_passages(kb, spec, encoder.tokenizer if spec.unit == "tokens" else None)
     key = vectors_key(encoder, pieces) if cache is not None else None
     hit = cached_vectors(cache, key) if cache is not None else None
     if hit is not None:
