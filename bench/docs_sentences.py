@@ -3,13 +3,12 @@ over the same held-out queries: an index built with ``--chunk sentences:1`` (den
 the same model over whole passages. Every row is paired-tested against whole passages, dense."""
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from eval.compare import compare_systems, p_clause
-
-REPO = Path(__file__).resolve().parents[1]
 
 METRICS = ("ndcg@10", "recall@5")
 # (report, system, label): the baseline first.
@@ -48,8 +47,9 @@ def sentence_index_block(sentences: Mapping[str, Any] | None, whole: Mapping[str
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     n = base["n_queries"]
     index = _system(sentences, "dense")
-    out = Path(index["index_dir"])
-    out = out.relative_to(REPO) if out.is_relative_to(REPO) else out
+    # The index as the eval command named it (index_dir is absolute, so it names this checkout's path).
+    words = shlex.split(sentences["command"])
+    out = words[words.index("--index") + 1] if "--index" in words else Path(index["index_dir"]).name
     build = (f"dpr index --model {index['index']['model']} --kb {sentences['data']['path']}/corpus.jsonl "
              f"--chunk {index['index']['chunk']} --out {out}")
     when = str(sentences.get("created_at", ""))[:10]

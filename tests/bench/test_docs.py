@@ -99,14 +99,14 @@ def test_sentence_index_block_pairs_every_row_with_whole_passages_dense() -> Non
                 "index": {"model": "minilm", "chunk": "sentences:1"}, "index_dir": "/elsewhere/idx"}
 
     whole = {"command": "dpr eval W", "systems": [system("dense", [0.5] * 8), system("hybrid-interp", [0.5] * 8)]}
-    sentences = {"command": "dpr eval S", "created_at": "2026-12-07T00:00:00", "data": {"path": "split"},
+    sentences = {"command": "dpr eval --index idx S", "created_at": "2026-12-07T00:00:00", "data": {"path": "split"},
                  "systems": [system("dense", [0.5] * 8), system("hybrid-interp", [1.0] * 8)]}
     block = sentence_index_block(sentences, whole)
     rows = [line for line in block.splitlines() if line.startswith("| ")]
     assert rows[1] == "| whole passages, dense | 50.0 (40.0-60.0) | - | 50.0 (40.0-60.0) | - |"
     assert rows[2].endswith("| +0.0 (p=1.000) | 50.0 (40.0-60.0) | +0.0 (p=1.000) |")
     assert "| +50.0 (p=0.008) |" in rows[4]       # 8 queries all better: 2 of 256 sign patterns as extreme
-    assert "`dpr index --model minilm --kb split/corpus.jsonl --chunk sentences:1 --out /elsewhere/idx`" in block
-    assert "`dpr eval S`" in block and "`dpr eval W`" in block
+    assert "`dpr index --model minilm --kb split/corpus.jsonl --chunk sentences:1 --out idx`" in block
+    assert "`dpr eval --index idx S`" in block and "`dpr eval W`" in block
     assert "from 50.0 to 100.0 nDCG@10 here (+50.0, p=0.008" in sentence_index_line(sentences, whole)
     assert sentence_index_block(None, whole).startswith("No sentence-index run")
