@@ -88,13 +88,7 @@ def _from_rows(qids: Sequence[str], scores: np.ndarray, rows: np.ndarray,
 def exact_search(query_emb: np.ndarray, passage_emb: np.ndarray, k: int,
                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product, in query chunks that keep the score matrix bounded."""
-    chunk = max(1, SCORE_CELLS // max(1, len(passage_emb)))
-    parts = [top_k(query_emb[i:i + chunk] @ passage_emb.T, k)
-             for i in tqdm(range(0, len(query_emb), chunk), desc="search", unit="chunk", disable=not progress)]
-    k = min(k, len(passage_emb))
-    if not parts:
-        return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return _chunked_top_k(query_emb, passage_emb, k, progress)
 
 
 def exact_search_by_group(query_emb: np.ndarray, passage_emb: np.ndarray, starts: np.ndarray, k: int,
@@ -108,10 +102,20 @@ def exact_search_by_group(query_emb: np.ndarray, passage_emb: np.ndarray, starts
     starts = np.asarray(starts, dtype=np.int64)
     if len(starts) == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= len(passage_emb):
         raise ValueError(f"group starts must begin at 0 and increase within the {len(passage_emb)} passages")
+    return _chunked_top_k(query_emb, passage_emb, k, progress, starts)
+
+
+def _chunked_top_k(query_emb: np.ndarray, passage_emb: np.ndarray, k: int, progress: bool,
+                   starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k columns of ``query_emb @ passage_emb.T``, or with ``starts`` of its per-group maxima."""
     chunk = max(1, SCORE_CELLS // max(1, len(passage_emb)))
-    k = min(k, len(starts))
-    parts = [top_k(np.maximum.reduceat(query_emb[i:i + chunk] @ passage_emb.T, starts, axis=1), k)  # [c, G]
-             for i in tqdm(range(0, len(query_emb), chunk), desc="search", unit="chunk", disable=not progress)]
+    k = min(k, len(passage_emb) if starts is None else len(starts))
+    parts = []
+    for i in tqdm(range(0, len(query_emb), chunk), desc="search", unit="chunk", disable=not progress):
+        scores = query_emb[i:i + chunk] @ passage_emb.T                            # [c, N]
+        if starts is not None:
+            scores = np.maximum.reduceat(scores, starts, axis=1)                   # [c, G]
+        parts.append(top_k(scores, k))
     if not parts:
         return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
